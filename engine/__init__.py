@@ -1,0 +1,1 @@
+"""The jobs: training, deblurring, evaluation and blur synthesis CLIs (thin layers over the libraries)."""

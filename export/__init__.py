@@ -1,0 +1,1 @@
+"""Deployment: ONNX, TensorRT and AOTInductor exporters and their runtimes."""

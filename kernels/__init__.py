@@ -1,0 +1,1 @@
+"""Triton kernels with their plain-PyTorch references. Imports nothing else from this project."""
