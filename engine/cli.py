@@ -1,0 +1,25 @@
+"""Shared CLI plumbing: user errors become one line on stderr and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from deblurgan.errors import DeblurGANError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Call `main(argv)`; map DeblurGANError (and friends) to `error: <one line>` and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except DeblurGANError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("error: out of memory (try --tile or a smaller batch)", file=sys.stderr)
+        return 1
