@@ -132,6 +132,14 @@ def load_generator(
         if learn_residual is not None:
             cfg.learn_residual = learn_residual
         state = convert_original_state_dict(obj)
+        # The authors' options --ngf / --which_model_netG / --input_nc change these; read them off the weights.
+        top = [k for k in state if k.startswith("model.") and k.count(".") == 2 and k.endswith(".weight")]
+        last_key = max(top, key=lambda k: int(k.split(".")[1]) if k.split(".")[1].isdigit() else -1, default="")
+        first, last = state.get("model.1.weight"), state.get(last_key)
+        if first is not None and first.ndim == 4:
+            cfg.ngf, cfg.in_channels = int(first.shape[0]), int(first.shape[1])
+        if last is not None and last.ndim == 4:
+            cfg.out_channels = int(last.shape[0])
         cfg.n_blocks = _count_blocks(state)
         cfg.dropout = cfg.dropout if _has_dropout_layout(state) else 0.0
         state = _normalise_block_layout(state)
