@@ -1,0 +1,218 @@
+"""Shared timing helpers for every `bench/test_bench_*.py` file.
+
+One approach everywhere (see bench/README.md):
+
+    from bench.timing import measure, pick, device
+    def test_bench_thing(benchmark):
+        x = torch.randn(pick(cpu=(1, 8, 16, 16), cuda=(1, 64, 720, 1280)), device=device())
+        measure(benchmark, lambda: op(x), case="in_relu fwd", backend="eager", bytes=2 * x.nbytes)
+
+`measure` runs `benchmark.pedantic` over a wrapper that, on CUDA, records a CUDA event pair around every
+call and synchronises on the end event. pytest-benchmark therefore times *synchronised* calls (its stats
+include the host launch overhead), and the device-side median from the events goes to
+`benchmark.extra_info["device_ms"]`. The report uses `device_ms` when present, else pytest-benchmark's median.
+On CPU there is nothing to synchronise: the wall clock is the measurement.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+# Rounds after warm-up. Kept small on CPU so `pytest bench/ --benchmark-only` finishes in a few minutes on 2 cores.
+CPU_ROUNDS, CPU_WARMUP = 3, 1
+CUDA_ROUNDS, CUDA_WARMUP = 20, 5
+
+
+def device() -> torch.device:
+    """The device benchmarks run on: CUDA when available, else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def on_gpu() -> bool:
+    return device().type == "cuda"
+
+
+def pick(cpu: T, cuda: T) -> T:
+    """Device-adaptive value: `cuda` on a GPU, `cpu` (tiny) otherwise."""
+    return cuda if on_gpu() else cpu
+
+
+def sizes() -> dict[str, tuple[int, int]]:
+    """Named image sizes (H, W): full on CUDA, tiny stand-ins on CPU (labelled by their real size in reports)."""
+    if on_gpu():
+        return {"256": (256, 256), "720p": (720, 1280)}
+    return {"256": (32, 32), "720p": (36, 64)}
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_cuda(fn: Callable[[], Any], warmup: int = 5, rep: int = 20) -> float:
+    """Median milliseconds of `fn()` measured with CUDA events after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rep)]
+    for start, end in pairs:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in pairs)
+
+
+def time_cpu(fn: Callable[[], Any], warmup: int = 1, rep: int = 5) -> float:
+    """Median milliseconds of `fn()` on the host clock (CPU work only)."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_ms(fn: Callable[[], Any], warmup: int | None = None, rep: int | None = None) -> float:
+    """Median ms of `fn()` on the current device (CUDA events on a GPU, host clock on CPU)."""
+    if on_gpu():
+        return time_cuda(fn, warmup if warmup is not None else CUDA_WARMUP, rep or CUDA_ROUNDS)
+    return time_cpu(fn, warmup if warmup is not None else CPU_WARMUP, rep or CPU_ROUNDS)
+
+
+def gbps(nbytes: float, ms: float) -> float:
+    """Bandwidth in GB/s (1e9 bytes per second) for `nbytes` moved in `ms` milliseconds."""
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    """Total bytes of the given tensors (for the minimal read+write traffic of an op)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _EventTimer:
+    """Wraps fn: on CUDA records an event pair per call and synchronises, so every call is complete when timed."""
+
+    def __init__(self, fn: Callable[..., Any], cuda: bool) -> None:
+        self.fn, self.cuda, self.pairs = fn, cuda, []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.cuda:
+            return self.fn(*args, **kwargs)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = self.fn(*args, **kwargs)
+        end.record()
+        end.synchronize()
+        self.pairs.append((start, end))
+        return out
+
+    def device_ms(self, last: int) -> list[float]:
+        return [s.elapsed_time(e) for s, e in self.pairs[-last:]]
+
+
+def measure(
+    benchmark: Any,
+    fn: Callable[..., Any],
+    *,
+    setup: Callable[[], Any] | None = None,
+    rounds: int | None = None,
+    warmup: int | None = None,
+    items: int = 1,
+    **extra: Any,
+) -> Any:
+    """Time `fn` with pytest-benchmark (synchronised per call) and record device-side CUDA-event times.
+
+    Extra keyword arguments go to `benchmark.extra_info`; the report understands these keys:
+    `case` (what is computed, e.g. "in_relu fwd"), `backend` ("eager", "compile", "triton", "engine",
+    "aoti", "onnxruntime", "tensorrt", "reference", ...), `shape`, `dtype`, `bytes` (minimal traffic:
+    GB/s is derived), `flop`, `model`, `params`, `gflop_720p`. `items` = frames/crops per call (per-item ms).
+    `setup` (optional) runs untimed before every round and may return `(args, kwargs)` for `fn`.
+    """
+    cuda = on_gpu()
+    rounds = rounds or (CUDA_ROUNDS if cuda else CPU_ROUNDS)
+    warmup = warmup if warmup is not None else (CUDA_WARMUP if cuda else CPU_WARMUP)
+    timer = _EventTimer(fn, cuda)
+    if cuda:
+        synchronize()
+    result = benchmark.pedantic(timer, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    info = benchmark.extra_info
+    info.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in extra.items()})
+    info.setdefault("device", device().type)
+    if "dtype" in info and isinstance(info["dtype"], torch.dtype):
+        info["dtype"] = str(info["dtype"]).removeprefix("torch.")
+    info["items"] = items
+    if cuda and timer.pairs:
+        times = timer.device_ms(rounds)
+        info["device_ms"] = statistics.median(times)
+        info["device_ms_min"] = min(times)
+        info["timing"] = "cuda-events"
+    else:
+        info["timing"] = "host-clock"
+    ms = info.get("device_ms")
+    if ms is None and benchmark.stats is not None:
+        ms = benchmark.stats.stats.median * 1e3
+    if ms and info.get("bytes"):
+        info["gbps"] = gbps(info["bytes"], ms)
+    if ms and info.get("flop"):
+        info["tflops"] = info["flop"] / (ms * 1e-3) / 1e12
+    return result
+
+
+def _version(module: str) -> str:
+    try:
+        return str(getattr(importlib.import_module(module), "__version__", "unknown"))
+    except Exception as e:  # noqa: BLE001 - an optional package may fail to import in many ways
+        return f"missing ({type(e).__name__})"
+
+
+def _nvidia_smi() -> dict[str, str]:
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    name, driver, mem = ([*out.splitlines()[0].split(","), "", "", ""])[:3] if out else ("", "", "")
+    return {"gpu_name": name.strip(), "driver": driver.strip(), "gpu_memory": mem.strip()}
+
+
+def environment() -> dict[str, Any]:
+    """Where a run happened: device, GPU name/driver, CPU, and the versions the report stamps."""
+    env: dict[str, Any] = {
+        "device": device().type,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+        "triton": _version("triton"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "tensorrt": _version("tensorrt"),
+    }
+    if torch.cuda.is_available():
+        env["gpu_name"] = torch.cuda.get_device_name(0)
+        env.update({k: v for k, v in _nvidia_smi().items() if v})
+    return env
