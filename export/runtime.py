@@ -1,0 +1,357 @@
+"""One runner interface for every artifact: PyTorch checkpoint, ONNX, AOTInductor `.pt2`, TensorRT `.engine`.
+
+A runner is a callable `runner(x) -> y`: x is N x 3 x H x W float32 RGB in [-1, 1] on `runner.device`
+(H, W multiples of 4, >= 8), y has the same shape, device and range. Attributes: `device`, `dtype` (the input
+dtype it wants: always float32 here, fp16 artifacts cast inside), `max_batch` (None = any), `name`.
+Pre/post-processing, padding and tiling belong to `deblurgan.inference.Deblurrer`, which accepts any runner.
+
+    runner = load_runner("deblurgan.onnx", backend="onnx")
+    y = runner(x)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from deblurgan.checkpoint import load_generator
+from deblurgan.errors import DeblurGANError
+from deblurgan.networks import Generator
+
+BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
+SUFFIXES = {
+    "torch": (".pth", ".pt", ".ckpt", ".tar"),
+    "onnx": (".onnx",),
+    "aoti": (".pt2",),
+    "tensorrt": (".engine", ".plan", ".trt"),
+}
+TRT_MISSING = 'TensorRT is not installed: pip install "deblurgan-engine[trt]" (TensorRT 10, needs an NVIDIA GPU)'
+
+
+@runtime_checkable
+class Runner(Protocol):
+    device: torch.device
+    dtype: torch.dtype
+    max_batch: int | None
+    name: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_input(x: torch.Tensor, runner: Runner) -> None:
+    """Raise DeblurGANError for an input the artifact cannot take (shape, multiple of 4, batch)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise DeblurGANError(f"{runner.name}: expected N x 3 x H x W, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % 4 or w % 4 or h < 8 or w < 8:
+        raise DeblurGANError(f"{runner.name}: H and W must be multiples of 4 and >= 8, got {h}x{w} (pad first)")
+    if runner.max_batch is not None and x.shape[0] > runner.max_batch:
+        raise DeblurGANError(f"{runner.name}: batch {x.shape[0]} > max_batch {runner.max_batch}")
+
+
+class TorchRunner:
+    """Eager PyTorch; `fp16=True` runs CUDA autocast (instance norm stays fp32 under autocast)."""
+
+    def __init__(self, generator: Generator, device: str | torch.device = "cpu", fp16: bool = False) -> None:
+        self.device = torch.device(device)
+        if fp16 and self.device.type != "cuda":
+            raise DeblurGANError("fp16 inference needs a CUDA device (use fp32 on CPU)")
+        self.generator = generator.eval().to(self.device)
+        self.fp16 = fp16
+        self.dtype = torch.float32
+        self.max_batch: int | None = None
+        self.name = "torch-fp16" if fp16 else "torch"
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+            y = self.generator(x)
+        return y.float()
+
+
+class OnnxRunner:
+    """onnxruntime session; float graphs bind torch tensors zero-copy, uint8 graphs run frame by frame.
+
+    A `--io uint8` graph takes whole 8-bit frames: inputs are quantised to 8 bits (exact when they came
+    from 8-bit images) and outputs are 8-bit levels mapped back to [-1, 1].
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DeblurGANError("onnxruntime has no CUDA provider here: pip install onnxruntime-gpu")
+            providers: list = [("CUDAExecutionProvider", {"device_id": self.device.index or 0})]
+        elif self.device.type == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise DeblurGANError(f"onnx backend runs on cpu or cuda, not {self.device}")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise DeblurGANError(f"{self.path}: not a loadable ONNX model ({_first_line(e)})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.io = meta.get("deblurgan.io", "float")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.dtype = torch.float32
+        self.max_batch: int | None = None
+        self.name = "onnx-uint8" if self.io == "uint8" else "onnx"
+        if self.io == "uint8" and self.device.type != "cpu":
+            raise DeblurGANError("uint8-io ONNX models run on cpu here; export with --io float for CUDA")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self)
+        if self.io == "uint8":
+            return self._run_uint8(x)
+        x = x.to(self.device, torch.float32).contiguous()
+        y = torch.empty_like(x)
+        binding = self.session.io_binding()
+        kind, index = self.device.type, self.device.index or 0
+        binding.bind_input(self.input_name, kind, index, np.float32, list(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, kind, index, np.float32, list(y.shape), y.data_ptr())
+        if kind == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # ORT uses its own stream
+        self.session.run_with_iobinding(binding)
+        return y
+
+    def _run_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        frames = torch.clamp(torch.round((x.detach().cpu().float() + 1) * 127.5), 0, 255).to(torch.uint8)
+        outs = []
+        for frame in frames.permute(0, 2, 3, 1).contiguous().numpy():
+            outs.append(torch.from_numpy(self.session.run(None, {self.input_name: frame})[0]))
+        return (torch.stack(outs).permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
+
+
+class AOTIRunner:
+    """An AOTInductor package from `python -m export.aoti`, loaded with `aoti_load_package`."""
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self.model = torch._inductor.aoti_load_package(str(self.path))
+        except Exception as e:  # a corrupt zip, an ABI mismatch, a package for another device
+            raise DeblurGANError(f"{self.path}: not a loadable AOTInductor package ({_first_line(e)})") from None
+        meta = self.model.get_metadata()
+        built_for = meta.get("deblurgan.device") or meta.get("AOTI_DEVICE_KEY", "cpu")
+        self.device = torch.device(device) if device is not None else torch.device(built_for)
+        if self.device.type != torch.device(built_for).type:
+            raise DeblurGANError(
+                f"{self.path} was compiled for {built_for}, not {self.device}: "
+                f"re-export with --device {self.device.type}"
+            )
+        self.fp16 = meta.get("deblurgan.precision") == "fp16"
+        self.max_batch = int(meta["deblurgan.max_batch"]) if "deblurgan.max_batch" in meta else None
+        self.dtype = torch.float32
+        self.name = "aoti-fp16" if self.fp16 else "aoti"
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self)
+        return self.model(x.to(self.device, torch.float32).contiguous())
+
+
+_TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8}
+
+
+class TensorRTRunner:
+    """A serialized TensorRT 10 engine: named tensor addresses, `execute_async_v3` on the current stream.
+
+    The JSON sidecar written by `export.trt` (`<engine>.json`) records the TensorRT version and GPU; an
+    engine built elsewhere is refused with a clear message instead of failing inside TensorRT.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cuda") -> None:
+        trt = import_tensorrt()
+        self.path = Path(path)
+        self.device = torch.device(device)
+        if self.device.type != "cuda" or not _cuda_available():
+            raise DeblurGANError("TensorRT engines run on an NVIDIA GPU: no CUDA device is available")
+        self.sidecar = read_sidecar(self.path)
+        check_compatible(self.sidecar, trt.__version__, gpu_info(self.device), self.path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise DeblurGANError(
+                f"{self.path}: TensorRT {trt.__version__} could not deserialize this engine "
+                "(built for another GPU or TensorRT version, or corrupt): rebuild it with python -m export.trt"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise DeblurGANError(f"{self.path}: expected one input and one output tensor, found {names}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.dtype = _torch_dtype(self.engine.get_tensor_dtype(self.input_name))
+        self.out_dtype = _torch_dtype(self.engine.get_tensor_dtype(self.output_name))
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.min_shape, self.max_shape = tuple(lo), tuple(hi)
+        self.max_batch = int(hi[0])
+        self.name = f"tensorrt-{self.sidecar.get('precision', 'fp32')}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self)
+        shape = tuple(x.shape)
+        if any(s < a or s > b for s, a, b in zip(shape, self.min_shape, self.max_shape, strict=True)):
+            raise DeblurGANError(
+                f"{self.name}: input {shape} is outside the engine's profile {self.min_shape}..{self.max_shape}"
+            )
+        x = x.to(self.device, self.dtype).contiguous()
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise DeblurGANError(f"{self.name}: TensorRT rejected input shape {shape}")
+        y = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.out_dtype, device=x.device)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, y.data_ptr())
+        if not self.context.execute_async_v3(self._stream_handle()):
+            raise RuntimeError(f"{self.name}: execute_async_v3 failed (see TensorRT log above)")
+        return y.float()
+
+    def _stream_handle(self) -> int:
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+
+def import_tensorrt():  # -> the tensorrt module
+    """`import tensorrt`, or one clear DeblurGANError saying what to install."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise DeblurGANError(TRT_MISSING) from None
+    return tensorrt
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def gpu_info(device: torch.device | str = "cuda") -> dict[str, str]:
+    """Name and compute capability of a CUDA device (what a TensorRT engine is tied to)."""
+    device = torch.device(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    return Path(str(engine) + ".json")
+
+
+def read_sidecar(engine: str | os.PathLike) -> dict:
+    """The JSON sidecar of an engine, or {} when absent (engines built by other tools)."""
+    engine = Path(engine)
+    if not engine.is_file():
+        raise DeblurGANError(f"TensorRT engine not found: {engine}")
+    path = sidecar_path(engine)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DeblurGANError(f"{path}: unreadable sidecar JSON ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise DeblurGANError(f"{path}: sidecar JSON is not an object")
+    return data
+
+
+def check_compatible(sidecar: dict, trt_version: str, gpu: dict[str, str], where: Path | str) -> None:
+    """Refuse an engine whose sidecar names another TensorRT version or GPU (engines are not portable)."""
+    built_trt = sidecar.get("tensorrt_version")
+    if built_trt and built_trt != trt_version:
+        raise DeblurGANError(
+            f"{where} was built with TensorRT {built_trt}, this is TensorRT {trt_version}: rebuild the engine"
+        )
+    built_gpu = sidecar.get("gpu") or {}
+    for key in ("name", "compute_capability"):
+        if built_gpu.get(key) and built_gpu[key] != gpu.get(key):
+            raise DeblurGANError(
+                f"{where} was built for GPU {built_gpu.get('name')} (sm {built_gpu.get('compute_capability')}), "
+                f"this is {gpu.get('name')} (sm {gpu.get('compute_capability')}): rebuild the engine on this GPU"
+            )
+
+
+def _torch_dtype(trt_dtype) -> torch.dtype:
+    name = getattr(trt_dtype, "name", str(trt_dtype)).split(".")[-1].upper()
+    if name not in _TRT_TO_TORCH:
+        raise DeblurGANError(f"unsupported TensorRT I/O dtype {trt_dtype}")
+    return _TRT_TO_TORCH[name]
+
+
+def detect_backend(path: str | os.PathLike) -> str:
+    """The backend a file belongs to, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    for backend, suffixes in SUFFIXES.items():
+        if suffix in suffixes:
+            return backend
+    raise DeblurGANError(f"{path}: cannot tell the backend from the suffix {suffix!r}; pass --backend")
+
+
+def load_runner(
+    path_or_checkpoint: str | os.PathLike, backend: str = "auto", device: str = "cpu", fp16: bool = False
+) -> Runner:
+    """Open any artifact as a runner; every failure is a one-line DeblurGANError."""
+    path = Path(path_or_checkpoint)
+    if backend == "auto":
+        backend = detect_backend(path)
+    if backend not in BACKENDS:
+        raise DeblurGANError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not path.is_file():
+        raise DeblurGANError(f"{backend} model not found: {path}")
+    found = _suffix_backend(path)
+    if found is not None and found != backend:
+        raise DeblurGANError(f"{path} is a {found} artifact, not {backend}: use --backend {found}")
+    if backend == "torch":
+        return TorchRunner(load_generator(path, map_location="cpu"), device=device, fp16=fp16)
+    if fp16:
+        raise DeblurGANError(f"--fp16 applies to the torch backend; a {backend} artifact's precision is set at export")
+    if backend == "onnx":
+        _require("onnxruntime", "pip install onnxruntime")
+        return OnnxRunner(path, device=device)
+    if backend == "aoti":
+        return AOTIRunner(path, device=device)
+    return TensorRTRunner(path, device="cuda" if device == "cpu" else device)
+
+
+def _suffix_backend(path: Path) -> str | None:
+    try:
+        return detect_backend(path)
+    except DeblurGANError:
+        return None
+
+
+def _require(module: str, hint: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise DeblurGANError(f"{module} is not installed: {hint}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def cli_guard(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run an exporter CLI: a DeblurGANError becomes `error: <one line>` and exit 2, never a traceback.
+
+    Same contract as engine.cli.run_cli; repeated here because `export` must not import `engine`
+    and the console scripts call `main` directly.
+    """
+    try:
+        return int(main(argv) or 0)
+    except DeblurGANError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,154 @@
+"""ONNX export: graph contents, metadata, dynamic shapes, onnxruntime vs PyTorch, CLI errors, atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deblurgan import Generator, GeneratorConfig
+from deblurgan.checkpoint import load_generator, save_generator
+from export.onnx import OnnxExporter, main, parse_size, read_metadata, verify_onnx
+from export.runtime import OnnxRunner, load_runner
+
+FP32_ATOL = 1e-4  # the issue's bound for fp32 exports (max abs, outputs in [-1, 1])
+
+
+def random_generator(seed: int = 0, **cfg) -> Generator:
+    """A small generator with random weights AND biases (the authors' init zeroes biases)."""
+    torch.manual_seed(seed)
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=2, **cfg))
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return g.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    ckpt = save_generator(random_generator(), d / "g.pth")
+    assert main(["--checkpoint", str(ckpt), "--out", str(d / "g.onnx")]) == 0
+    assert main(["--checkpoint", str(ckpt), "--out", str(d / "g_u8.onnx"), "--io", "uint8"]) == 0
+    return d, load_generator(ckpt)
+
+
+def test_graph_has_engine_friendly_ops(tiny):
+    d, _ = tiny
+    model = onnx.load(str(d / "g.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert "BatchNormalization" not in ops
+    assert ops.count("InstanceNormalization") == 3 + 2 * 2 + 2  # stem, 2 down, 2 per block, 2 up
+    assert ops.count("ConvTranspose") == 2
+    pads = [n for n in model.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 2 + 2 * 2
+    assert all(a.s == b"reflect" for n in pads for a in n.attribute if a.name == "mode")
+
+
+def test_dynamic_axes_and_metadata(tiny):
+    d, g = tiny
+    model = onnx.load(str(d / "g.onnx"))
+    (inp,) = model.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert inp.name == "input" and model.graph.output[0].name == "output"
+    assert [bool(x.dim_param) for x in dims] == [True, False, True, True] and dims[1].dim_value == 3
+    meta = read_metadata(d / "g.onnx")
+    assert meta["deblurgan.input_range"] == "[-1, 1]"
+    assert meta["deblurgan.layout"].startswith("NCHW RGB")
+    assert meta["deblurgan.size_multiple"] == "4"
+    assert '"ngf": 8' in meta["deblurgan.generator_config"]
+    assert "deblurgan.engine_version" in meta
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (3, 3, 40, 96), (2, 3, 128, 52)])
+def test_onnxruntime_matches_pytorch(tiny, shape):
+    d, g = tiny
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) * 2 - 1
+    runner = load_runner(d / "g.onnx", "onnx")
+    with torch.no_grad():
+        ref = g(x)
+    got = runner(x)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max().item() <= FP32_ATOL
+    assert ref.std() > 0.05  # a non-trivial output, not a constant
+
+
+def test_verify_helper_reports_error(tiny):
+    d, g = tiny
+    assert verify_onnx(d / "g.onnx", g) <= FP32_ATOL
+    other = random_generator(seed=1)  # different weights: the check must notice
+    assert verify_onnx(d / "g.onnx", other) > 1e-2
+
+
+def test_uint8_io_graph(tiny):
+    d, g = tiny
+    meta = read_metadata(d / "g_u8.onnx")
+    assert meta["deblurgan.io"] == "uint8" and meta["deblurgan.layout"].startswith("HWC")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(d / "g_u8.onnx"), providers=["CPUExecutionProvider"])
+    frame = np.random.default_rng(0).integers(0, 256, (44, 60, 3), dtype=np.uint8)
+    out = sess.run(None, {"image": frame})[0]
+    assert out.dtype == np.uint8 and out.shape == frame.shape
+    with torch.no_grad():
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 127.5 - 1
+        ref = torch.clamp(torch.round((g(x)[0] + 1) * 127.5), 0, 255).permute(1, 2, 0).numpy()
+    diff = np.abs(out.astype(np.int32) - ref.astype(np.int32))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # only float rounding ties may differ
+
+
+def test_uint8_runner_matches_float_model(tiny):
+    d, g = tiny
+    runner = load_runner(d / "g_u8.onnx", "onnx")
+    assert isinstance(runner, OnnxRunner) and runner.name == "onnx-uint8"
+    x = torch.randint(0, 256, (2, 3, 32, 40), generator=torch.Generator().manual_seed(3)).float() / 127.5 - 1
+    with torch.no_grad():
+        ref = g(x)
+    assert (runner(x) - ref).abs().max().item() <= 1.0 / 127.5 + 1e-6  # half a level of output rounding + a tie
+
+
+def test_authors_layout_exports(tmp_path):
+    """The full-width layout (ngf=64) with 1 block: the real channel counts go through the exporter."""
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=64, n_blocks=1)).eval()
+    path = OnnxExporter(g).export(tmp_path / "wide.onnx")
+    assert verify_onnx(path, g, sizes=[(32, 32), (48, 64)], batch=1) <= FP32_ATOL
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not found" in err and "\n" not in err
+    ckpt = save_generator(random_generator(), tmp_path / "g.pth")
+    assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--verify-sizes", "30x30"]) == 2
+    assert "multiples of 4" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "x.txt")]) == 2
+    assert ".onnx" in capsys.readouterr().err
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_failed_export_keeps_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous model")
+
+    def boom(model, path):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(onnx, "save_model", boom)
+    with pytest.raises(OSError):
+        OnnxExporter(random_generator()).export(out)
+    assert out.read_bytes() == b"previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left behind
+
+
+def test_parse_size():
+    assert parse_size("64x96") == (64, 96)
+    for bad in ("64", "64x", "63x64", "4x4", "axb"):
+        with pytest.raises(Exception, match="size"):
+            parse_size(bad)
