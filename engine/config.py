@@ -1,0 +1,319 @@
+"""Training configuration: typed dataclasses, presets, YAML files and `--key value` overrides.
+
+Precedence: preset < YAML file (`--config F`) < command-line overrides. Keys may be dotted
+(`--optim.lr 2e-4`) or a field name that is unique across sections (`--lr 2e-4`, `--gp-norm pixel`).
+Unknown keys, wrong types and out-of-range values raise DeblurGANError before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deblurgan.errors import DeblurGANError
+
+
+@dataclass
+class ModelConfig:
+    ngf: int = 64
+    n_blocks: int = 9
+    dropout: float = 0.5
+    learn_residual: bool = True
+    ndf: int = 64
+    n_layers_d: int = 3
+    kernels: str = "torch"  # IN+activation (and later GP) implementation: torch | triton | auto
+
+
+@dataclass
+class LossConfig:
+    content_weight: float = 100.0
+    gp_weight: float = 10.0
+    gp_norm: str = "sample"  # sample: the paper (norm over C*H*W); pixel: the authors' code
+    vgg_weights: str = "imagenet"  # imagenet | auto | random | PATH
+    vgg_normalize: bool = False  # the authors fed [-1, 1] to VGG without ImageNet mean/std
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    critic_updates: int = 5
+    epochs_constant: int = 150
+    epochs_decay: int = 150
+    fused_adam: bool = True  # used on CUDA only
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # a data spec (gopro:PATH, synthetic:PATH, combined:...); None = bundled samples
+    val: str | None = None  # None = the validation split of `train`
+    crop: int = 256
+    val_crop: int | None = None  # None = full images
+    batch_size: int = 1
+    num_workers: int = 4
+    val_max_images: int = 0  # 0 = all
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "paper"
+    name: str | None = None  # run folder name; None = a timestamp
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_steps: int = 0  # 0 = run all epochs; >0 stops after this many generator steps
+    save_every: int = 1000  # checkpoint every N steps (plus one per epoch)
+    keep_last: int = 3  # step checkpoints kept (plus best.pt)
+    log_every: int = 50
+    val_every_epochs: int = 1
+    samples: int = 4  # images in the sample grid
+    ema: float = 0.0  # 0 = off; e.g. 0.999
+    amp: str = "off"  # off | bf16
+    channels_last: bool = False
+    compile: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "demo": {
+        "name": None,
+        "save_every": 50,
+        "log_every": 10,
+        "loss": {"vgg_weights": "auto"},
+        "model": {"ngf": 32, "n_blocks": 6},
+        "optim": {"epochs_constant": 3, "epochs_decay": 2, "critic_updates": 5},
+        "data": {"crop": 64, "val_crop": 128, "num_workers": 0, "val_max_images": 4},
+    },
+}
+
+CHOICES = {
+    "preset": tuple(PRESETS),
+    "model.kernels": ("torch", "triton", "auto"),
+    "loss.gp_norm": ("sample", "pixel"),
+    "amp": ("off", "bf16"),
+}
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def make_config(preset: str = "paper", overrides: list[dict] | None = None) -> TrainConfig:
+    """A validated config: the preset, then each override dict (nested) in order."""
+    if preset not in PRESETS:
+        raise DeblurGANError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    cfg = TrainConfig()
+    _merge(cfg, PRESETS[preset], "")
+    cfg.preset = preset
+    for o in overrides or []:
+        _merge(cfg, o, "")
+    validate(cfg)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DeblurGANError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise DeblurGANError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DeblurGANError(f"{path}: expected a mapping of config keys")
+    return data
+
+
+def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file via a temp file + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """['--lr', '2e-4', '--channels-last', '--no-compile', '--data.crop=128'] -> a nested dict of raw strings."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or len(a) < 3:
+            raise DeblurGANError(f"unexpected argument {a!r} (options look like --key value)")
+        key, value = a[2:], None
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(args) and not (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
+            value = args[i + 1]
+            i += 1
+        i += 1
+        key = key.replace("-", "_")
+        if value is None:  # a bare flag
+            value = "false" if key.startswith("no_") else "true"
+            key = key[3:] if key.startswith("no_") else key
+        path = resolve_key(key)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _all_keys() -> dict[str, list[tuple[str, ...]]]:
+    leaves: dict[str, list[tuple[str, ...]]] = {}
+
+    def walk(cls: type, prefix: tuple[str, ...]) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], prefix + (f.name,))
+            else:
+                leaves.setdefault(f.name, []).append(prefix + (f.name,))
+
+    walk(TrainConfig, ())
+    return leaves
+
+
+def resolve_key(key: str) -> tuple[str, ...]:
+    """'lr' -> ('optim', 'lr'); 'data.crop' -> ('data', 'crop'); unknown or ambiguous keys are errors."""
+    leaves = _all_keys()
+    if "." in key:
+        path = tuple(key.split("."))
+        if path in [p for ps in leaves.values() for p in ps]:
+            return path
+    elif key in leaves:
+        if len(leaves[key]) > 1:
+            opts = ", ".join("--" + ".".join(p) for p in leaves[key])
+            raise DeblurGANError(f"--{key} is ambiguous: use one of {opts}")
+        return leaves[key][0]
+    raise DeblurGANError(f"unknown config key --{key.replace('_', '-')} (see --print-config for all keys)")
+
+
+def _merge(cfg: Any, d: dict, prefix: str) -> None:
+    if not isinstance(d, dict):
+        raise DeblurGANError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping")
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in fields(cfg)}
+    for k, v in d.items():
+        if k not in names:
+            raise DeblurGANError(f"unknown config key {prefix}{k}")
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            _merge(getattr(cfg, k), v, f"{prefix}{k}.")
+        else:
+            setattr(cfg, k, _coerce(v, t, f"{prefix}{k}"))
+
+
+def _coerce(v: Any, t: Any, key: str) -> Any:
+    """Convert a YAML value or a command-line string to type `t`, or raise a one-line error."""
+    args = typing.get_args(t)
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:
+        if v is None or (isinstance(v, str) and v.lower() in ("none", "null", "")):
+            return None
+        (t,) = [a for a in args if a is not type(None)]
+    bad = DeblurGANError(f"{key} must be {getattr(t, '__name__', t)} (got {v!r})")
+    if t is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return v.lower() in ("true", "yes", "1", "on")
+        raise bad
+    if t is int:
+        if isinstance(v, bool):
+            raise bad
+        if isinstance(v, int):
+            return v
+        if isinstance(v, str):
+            try:
+                return int(v)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if t is float:
+        if isinstance(v, bool):
+            raise bad
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if t is str:
+        if isinstance(v, str):
+            return v
+        raise bad
+    raise bad
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject values that would fail (or silently misbehave) later."""
+    flat = _flatten(to_dict(cfg))
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise DeblurGANError(f"{key} must be one of {', '.join(allowed)} (got {flat[key]!r})")
+    positive = ["model.ngf", "model.n_blocks", "model.ndf", "model.n_layers_d", "optim.critic_updates",
+                "data.batch_size", "save_every", "keep_last", "log_every", "val_every_epochs"]  # fmt: skip
+    for key in positive:
+        if flat[key] < 1:
+            raise DeblurGANError(f"{key} must be >= 1 (got {flat[key]})")
+    non_negative = ["max_steps", "samples", "data.num_workers", "data.val_max_images", "optim.epochs_constant",
+                    "optim.epochs_decay", "loss.content_weight", "loss.gp_weight"]  # fmt: skip
+    for key in non_negative:
+        if flat[key] < 0:
+            raise DeblurGANError(f"{key} must be >= 0 (got {flat[key]})")
+    if cfg.optim.epochs_constant + cfg.optim.epochs_decay < 1:
+        raise DeblurGANError("optim.epochs_constant + optim.epochs_decay must be >= 1")
+    if not cfg.optim.lr > 0 or cfg.optim.lr != cfg.optim.lr:
+        raise DeblurGANError(f"optim.lr must be > 0 (got {cfg.optim.lr})")
+    for key in ("optim.beta1", "optim.beta2", "model.dropout"):
+        if not 0.0 <= flat[key] < 1.0:
+            raise DeblurGANError(f"{key} must be in [0, 1) (got {flat[key]})")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise DeblurGANError(f"ema must be in [0, 1), e.g. 0.999 (got {cfg.ema})")
+    for key in ("data.crop", "data.val_crop"):
+        v = flat[key]
+        if v is not None and (v < 4 or v % 4):
+            raise DeblurGANError(f"{key} must be a multiple of 4 and >= 4 (got {v})")
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise DeblurGANError(f"device must be auto, cpu, cuda or cuda:N (got {dev!r})")
+    if cfg.name is not None and (not cfg.name or "/" in cfg.name or cfg.name in (".", "..")):
+        raise DeblurGANError(f"name must be a plain folder name (got {cfg.name!r})")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

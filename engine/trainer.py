@@ -1,0 +1,653 @@
+"""The DeblurGAN training loop as a library (WGAN-GP critic + perceptual generator loss).
+
+One iteration = one generator forward, `critic_updates` critic steps with gradient penalty on the same batch,
+then one generator step (as the authors' `optimize_parameters`). Checkpoints are atomic and carry everything
+needed to resume bit-for-bit on the same hardware: models, optimizers, schedulers, RNG states, data position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from deblurgan.checkpoint import atomic_save, load_checkpoint, load_state_dict_strict, make_checkpoint
+from deblurgan.config import CriticConfig, GeneratorConfig, config_to_dict
+from deblurgan.errors import CheckpointError, DeblurGANError
+from deblurgan.io import write_image
+from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, wasserstein_estimate
+from deblurgan.networks import Critic, Generator
+from deblurgan.vgg import load_vgg19_features
+from kernels.gradient_penalty import gradient_penalty_reference
+
+from .config import TrainConfig, atomic_write_text, to_dict
+
+LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "lr",
+              "it_per_s", "img_per_s", "time"]  # fmt: skip
+LOSS_NAMES = ["loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein"]
+VAL_FIELDS = ["step", "epoch", "psnr", "ssim", "weights"]
+
+
+class TrainingDiverged(DeblurGANError):
+    """A loss became NaN/inf (WGAN training can diverge)."""
+
+
+# --- pure pieces (tested on their own) ------------------------------------------------------------
+
+
+def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
+    """The paper's schedule: 1 for `epochs_constant` epochs, then linear decay to 0 over `epochs_decay`."""
+    if epoch < epochs_constant:
+        return 1.0
+    if epochs_decay == 0:
+        return 0.0
+    return max(0.0, 1.0 - (epoch - epochs_constant) / epochs_decay)
+
+
+def compute_gp(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str) -> torch.Tensor:
+    """The gradient penalty, through the fastest available implementation (the kernels issue fuses it)."""
+    try:
+        from kernels.gradient_penalty import gradient_penalty
+    except ImportError:
+        gradient_penalty = gradient_penalty_reference
+    return gradient_penalty(critic, real, fake, weight, mode)
+
+
+class ResumableSampler(Sampler[int]):
+    """DistributedSampler's shuffling and sharding, plus a start offset so a resumed run skips what it has seen.
+
+    The permutation of epoch e depends only on (seed, e), so every rank and every resume agrees on it.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.start = 0, 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = torch.randperm(self.n, generator=g).tolist()
+        idx += idx[: self.per_rank * self.world - self.n]  # pad to equal shards, as DistributedSampler does
+        return iter(idx[self.rank :: self.world][self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class EMA:
+    """Exponential moving average of generator weights (float copy, updated after each generator step)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = [p.detach().clone() for p in model.parameters()]
+        self.model = model
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.params, [p.detach() for p in self.model.parameters()], 1.0 - self.decay)
+
+    def state_dict(self) -> dict:
+        names = [n for n, _ in self.model.named_parameters()]
+        return {n: p.detach().cpu().clone() for n, p in zip(names, self.params, strict=True)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for (n, _), p in zip(self.model.named_parameters(), self.params, strict=True):
+            p.copy_(state[n])
+
+
+def psnr_ssim(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """PSNR/SSIM of two uint8 HxWx3 images (deblurgan.metrics when present, else scikit-image)."""
+    try:
+        from deblurgan.metrics import psnr, ssim
+
+        return float(psnr(a, b)), float(ssim(a, b))
+    except ImportError:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+        return (
+            float(peak_signal_noise_ratio(b, a, data_range=255)),
+            float(structural_similarity(b, a, channel_axis=2, data_range=255)),
+        )
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """3xHxW in [-1, 1] -> HxWx3 uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+def lr_schedule_values(cfg: TrainConfig, epochs: list[int]) -> list[float]:
+    return [cfg.optim.lr * lr_factor(e, cfg.optim.epochs_constant, cfg.optim.epochs_decay) for e in epochs]
+
+
+# --- distributed ----------------------------------------------------------------------------------
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and world > 1:
+        device = f"cuda:{local}"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeblurGANError(f"device {device} requested but CUDA is not available")
+        torch.cuda.set_device(dev)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world, dev
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train a DeblurGAN generator/critic pair into `run_dir`.
+
+    `train_set`/`val_set` yield {"blur", "sharp"} 3xHxW tensors in [-1, 1]. `resume=True` continues from the
+    newest checkpoint in `run_dir`. `vgg` (a features module) skips loading VGG19 weights (tests).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | os.PathLike,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        resume: bool = False,
+        vgg: nn.Module | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        # Everything that can fail on user input happens before any file is written.
+        if vgg is None:
+            vgg, self.vgg_source = load_vgg19_features(cfg.loss.vgg_weights)
+        else:
+            self.vgg_source = "given"
+        if len(train_set) == 0:
+            raise DeblurGANError("the training set is empty")
+        if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("step_*.pt")):
+            raise DeblurGANError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another --name")
+        self.rank, self.world, self.device = setup_distributed(cfg.device)
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+
+        m = cfg.model
+        self.gen = Generator(
+            GeneratorConfig(
+                ngf=m.ngf, n_blocks=m.n_blocks, dropout=m.dropout, learn_residual=m.learn_residual, kernels=m.kernels
+            )  # fmt: skip
+        ).to(self.device)
+        self.critic_config = CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=m.kernels)
+        self.critic = Critic(self.critic_config).to(self.device)
+        self.perceptual = PerceptualLoss(vgg, normalize=cfg.loss.vgg_normalize).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        for mod in (self.gen, self.critic, self.perceptual):
+            mod.to(memory_format=self.memory_format)
+        if self.world > 1:
+            self._broadcast(self.critic)  # the critic is not wrapped in DDP (see _sync_critic_grads)
+
+        o = cfg.optim
+        fused = {"fused": True} if (o.fused_adam and self.device.type == "cuda") else {}
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        sched = lambda e: lr_factor(e, o.epochs_constant, o.epochs_decay)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched)
+        self.ema = EMA(self.gen, cfg.ema) if cfg.ema > 0 else None
+
+        self.gen_fwd: nn.Module = self.gen
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.gen_fwd = nn.parallel.DistributedDataParallel(self.gen, device_ids=ids, broadcast_buffers=False)
+        self.critic_fwd: Any = self.critic
+        if cfg.compile:
+            # The GP's double backward cannot go through a compiled graph: it uses the eager critic.
+            self.gen_fwd = torch.compile(self.gen_fwd)
+            self.critic_fwd = torch.compile(self.critic)
+
+        self.train_set, self.val_set = train_set, val_set
+        self.sampler = ResumableSampler(len(train_set), cfg.seed, self.rank, self.world)
+        self.steps_per_epoch = self.sampler.per_rank // cfg.data.batch_size
+        if self.steps_per_epoch == 0:
+            raise DeblurGANError(
+                f"batch_size {cfg.data.batch_size} is larger than the training set share per process "
+                f"({self.sampler.per_rank} images)"
+            )
+        self.total_epochs = o.epochs_constant + o.epochs_decay
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_psnr, self.best_step = -math.inf, -1
+        self.last_checkpoint: Path | None = None
+        self.tb = None
+        if resume:
+            self._resume()
+
+    # -- one iteration ---------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, blur: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        """One iteration; returns [loss_d, loss_g, loss_g_adv, loss_content, gp, wasserstein] (detached)."""
+        cfg, n = self.cfg, sharp.shape[0]
+        blur = blur.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        sharp = sharp.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with self._autocast():
+            fake = self.gen_fwd(blur)
+        fake_d = fake.detach()
+        both = torch.cat([sharp, fake_d])  # one critic pass for both: InstanceNorm is per-sample, so it is exact
+        for _ in range(cfg.optim.critic_updates):
+            self.opt_d.zero_grad(set_to_none=True)
+            with self._autocast():
+                scores = self.critic_fwd(both)
+                d_real, d_fake = scores[:n], scores[n:]
+                gp = compute_gp(self.critic, sharp, fake_d, cfg.loss.gp_weight, cfg.loss.gp_norm)
+                loss_d = critic_loss(d_real, d_fake) + gp
+            loss_d.backward()
+            self._sync_critic_grads()
+            self.opt_d.step()
+        self.critic.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            adv = generator_adv_loss(self.critic_fwd(fake))
+            content = self.perceptual(fake, sharp)
+            loss_g = adv + cfg.loss.content_weight * content
+        loss_g.backward()
+        self.opt_g.step()
+        self.critic.requires_grad_(True)
+        if self.ema is not None:
+            self.ema.update()
+        w = wasserstein_estimate(d_real, d_fake)
+        return torch.stack([loss_d, loss_g, adv, content, gp, w]).detach().float()
+
+    def _sync_critic_grads(self) -> None:
+        """Average critic gradients over ranks by hand: DDP's hooks do not support the GP's double backward."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in self.critic.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _broadcast(self, module: nn.Module) -> None:
+        for t in module.state_dict().values():
+            torch.distributed.broadcast(t, src=0)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _loader(self) -> DataLoader:
+        self.sampler.set_position(self.epoch, self.batch_in_epoch * self.cfg.data.batch_size)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch),  # keeps the global RNG untouched
+        )
+
+    def _done(self) -> bool:
+        return self.epoch >= self.total_epochs or (self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+
+    def fit(self) -> dict:
+        """Train to the end (or `max_steps`); returns the final metrics dict (also in metrics.json)."""
+        cfg = self.cfg
+        if self.is_main:
+            self._open_logs()
+        total = self.total_epochs * self.steps_per_epoch
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=min(self.step, total), unit="it", dynamic_ncols=True, file=sys.stderr)
+        t0, window, t_win = time.perf_counter(), [], time.perf_counter()
+        self.t_start = t0
+        last_val = None
+        while not self._done():
+            self.gen.train()
+            for batch in self._loader():
+                losses = self.train_step(batch["blur"], batch["sharp"]).tolist()  # one host sync per step
+                self.step += 1
+                self.batch_in_epoch += 1
+                if not all(math.isfinite(v) for v in losses):
+                    self._diverged(losses)
+                window.append(losses)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(d=f"{losses[0]:.3g}", g=f"{losses[1]:.3g}", W=f"{losses[5]:.3g}", refresh=False)
+                if self.step % cfg.log_every == 0 and self.is_main:
+                    now = time.perf_counter()
+                    self._log_train(window, now - t_win)
+                    window, t_win = [], now
+                if self.step % cfg.save_every == 0:
+                    pause = time.perf_counter()
+                    self.save()
+                    t_win += time.perf_counter() - pause
+                if cfg.max_steps and self.step >= cfg.max_steps:
+                    break
+            pause = time.perf_counter()
+            if self.batch_in_epoch >= self.steps_per_epoch:  # a full epoch
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.sched_g.step()
+                self.sched_d.step()
+                if self.epoch % cfg.val_every_epochs == 0 or self._done():
+                    last_val = self.validate()
+                self.save(val=last_val)
+            elif self._done():  # stopped by max_steps in the middle of an epoch
+                last_val = self.validate()
+                self.save(val=last_val)
+            t_win += time.perf_counter() - pause  # throughput counts training only
+        if bar is not None:
+            bar.close()
+        if self.is_main and window:
+            self._log_train(window, time.perf_counter() - t_win)
+        summary = self._write_metrics(last_val)
+        self._close_logs()
+        if self.world > 1:
+            torch.distributed.barrier()
+        return summary
+
+    def _diverged(self, losses: list[float]) -> None:
+        bad = ", ".join(f"{n}={v}" for n, v in zip(LOSS_NAMES, losses, strict=True) if not math.isfinite(v))
+        where = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint saved yet"
+        raise TrainingDiverged(
+            f"non-finite loss at step {self.step} ({bad}): training diverged; {where} "
+            f"(resume with --resume and a lower --lr, or --gp-weight/--critic-updates changes)"
+        )
+
+    # -- validation and samples ------------------------------------------------------------------
+
+    def eval_model(self) -> tuple[nn.Module, str]:
+        """The model used for validation/export: the EMA weights when enabled, else the generator."""
+        if self.ema is None:
+            return self.gen, "generator"
+        model = Generator(self.gen.config).to(self.device)
+        model.load_state_dict(self.ema.state_dict())
+        return model, "ema"
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        """PSNR/SSIM on the validation set (rank 0), a sample grid, and the best checkpoint's bookkeeping."""
+        if self.val_set is None or len(self.val_set) == 0 or not self.is_main:
+            if self.world > 1:
+                torch.distributed.barrier()
+            return None
+        model, which = self.eval_model()
+        model.eval()
+        n = len(self.val_set)
+        if self.cfg.data.val_max_images:
+            n = min(n, self.cfg.data.val_max_images)
+        scores, rows = [], []
+        for i in range(n):
+            item = self.val_set[i]
+            blur = item["blur"].unsqueeze(0).to(self.device)
+            with self._autocast():
+                out = _run_padded(model, blur)[0]
+            a, b = to_uint8(out), to_uint8(item["sharp"])
+            scores.append(psnr_ssim(a, b))
+            if len(rows) < self.cfg.samples:
+                rows.append(np.concatenate([to_uint8(item["blur"]), a, b], axis=1))
+        self.gen.train()
+        psnr, ssim = (float(np.mean([s[k] for s in scores])) for k in (0, 1))
+        val = {"step": self.step, "epoch": self.epoch, "psnr": psnr, "ssim": ssim, "weights": which}
+        if rows:
+            grid = _stack_rows(rows)
+            write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
+            write_image(self.run_dir / "samples" / "latest.png", grid)
+            if self.tb is not None:
+                self.tb.add_image("val/blurred_restored_sharp", grid, self.step, dataformats="HWC")
+        self._csv_row(self.val_csv, VAL_FIELDS, val)
+        if self.tb is not None:
+            self.tb.add_scalar("val/psnr", psnr, self.step)
+            self.tb.add_scalar("val/ssim", ssim, self.step)
+        if self.world > 1:
+            torch.distributed.barrier()
+        return val
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict:
+        train_state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.world,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "rng": _rng_state(),
+            "best_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None,
+            "best_step": self.best_step,
+        }
+        extra: dict[str, Any] = {
+            "critic": {k: v.detach().cpu().clone() for k, v in self.critic.state_dict().items()},
+            "critic_config": config_to_dict(self.critic_config),
+            "train_state": train_state,
+            "config": to_dict(self.cfg),
+        }
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
+        return make_checkpoint(self.gen, **extra)
+
+    def save(self, val: dict | None = None) -> Path | None:
+        """Write step_N.pt atomically (rank 0), keep the newest `keep_last`, update best.pt on a better PSNR."""
+        if not self.is_main:
+            return None
+        is_best = val is not None and val["psnr"] > self.best_psnr
+        if is_best:
+            self.best_psnr, self.best_step = val["psnr"], self.step
+        ckpt = self.checkpoint()
+        path = atomic_save(ckpt, self.ckpt_dir / f"step_{self.step:08d}.pt")
+        self.last_checkpoint = path
+        if is_best:
+            atomic_save(ckpt, self.ckpt_dir / "best.pt")
+        for old in _step_checkpoints(self.ckpt_dir)[: -self.cfg.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _resume(self) -> None:
+        ckpts = _step_checkpoints(self.ckpt_dir)
+        if not ckpts:
+            raise DeblurGANError(f"--resume: no checkpoints in {self.ckpt_dir}")
+        for path in reversed(ckpts):  # the newest readable one (atomic saves make a bad file very unlikely)
+            try:
+                ckpt = load_checkpoint(path, map_location="cpu")
+                break
+            except CheckpointError as e:
+                print(f"warning: skipping {e}", file=sys.stderr)
+        else:
+            raise DeblurGANError(f"--resume: no readable checkpoint in {self.ckpt_dir}")
+        load_state_dict_strict(self.gen, ckpt["generator"], str(path))
+        load_state_dict_strict(self.critic, ckpt["critic"], str(path))
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                self.ema = EMA(self.gen, self.cfg.ema)
+        ts = ckpt["train_state"]
+        self.opt_g.load_state_dict(ts["opt_g"])
+        self.opt_d.load_state_dict(ts["opt_d"])
+        self.sched_g.load_state_dict(ts["sched_g"])
+        self.sched_d.load_state_dict(ts["sched_d"])
+        self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
+        if self.batch_in_epoch >= self.steps_per_epoch:  # the data changed size since: start the next epoch
+            self.batch_in_epoch = 0
+        self.best_psnr = ts["best_psnr"] if ts.get("best_psnr") is not None else -math.inf
+        self.best_step = ts.get("best_step", -1)
+        if ts.get("world_size", 1) == self.world and self.rank == 0:
+            _set_rng_state(ts["rng"])
+        else:  # other ranks (or a different world size) reseed deterministically
+            torch.manual_seed(self.cfg.seed + self.rank + 1000 * self.step)
+        self.last_checkpoint = path
+        if self.is_main:
+            print(f"resumed from {path} (step {self.step}, epoch {self.epoch})", file=sys.stderr)
+
+    # -- logs ------------------------------------------------------------------------------------
+
+    def _open_logs(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.train_csv = self.run_dir / "train_log.csv"
+        self.val_csv = self.run_dir / "val_log.csv"
+        for path, names in ((self.train_csv, LOG_FIELDS), (self.val_csv, VAL_FIELDS)):
+            _truncate_csv(path, names, self.step)  # rows logged after the checkpoint we resumed from
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        except ImportError:
+            print("TensorBoard logging is off (pip install tensorboard); CSV logs are in the run folder",
+                  file=sys.stderr)  # fmt: skip
+
+    def _close_logs(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+    def _log_train(self, window: list[list[float]], seconds: float) -> None:
+        mean = np.mean(np.array(window), axis=0).tolist()
+        row = dict(zip(LOSS_NAMES, mean, strict=True))
+        it_s = len(window) / max(seconds, 1e-9)
+        row.update(step=self.step, epoch=self.epoch, lr=self.opt_g.param_groups[0]["lr"], it_per_s=it_s,
+                   img_per_s=it_s * self.cfg.data.batch_size * self.world, time=time.time())  # fmt: skip
+        self._csv_row(self.train_csv, LOG_FIELDS, row)
+        if self.tb is not None:
+            for k in LOG_FIELDS[2:-1]:
+                self.tb.add_scalar(f"train/{k}", row[k], self.step)
+
+    def _csv_row(self, path: Path, names: list[str], row: dict) -> None:
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _write_metrics(self, val: dict | None) -> dict:
+        summary = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "val": val,
+            "best": {"psnr": self.best_psnr, "step": self.best_step} if math.isfinite(self.best_psnr) else None,
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "vgg_weights": self.vgg_source,
+            "seconds": time.perf_counter() - self.t_start,
+            "world_size": self.world,
+        }
+        if self.is_main:
+            atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _run_padded(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The generator needs H, W multiples of 4: reflect-pad, run, crop back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 4, (-w) % 4
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    return model(x)[..., :h, :w].float()
+
+
+def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(rows, axis=0)
+
+
+def _step_checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.glob("step_*.pt"):
+        try:
+            found.append((int(p.stem[5:]), p))
+        except ValueError:
+            continue
+    return [p for _, p in sorted(found)]
+
+
+def _truncate_csv(path: Path, names: list[str], max_step: int) -> None:
+    """Keep only complete rows with step <= max_step (a killed run may have logged past its last checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = []
+    for r in rows:
+        try:
+            if None not in r.values() and int(r["step"]) <= max_step:
+                keep.append(r)
+        except (KeyError, TypeError, ValueError):
+            continue
+    if len(keep) == len(rows):
+        return
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(keep)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
+    random.setstate((3, tuple(state["python"].tolist()), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
