@@ -1,0 +1,339 @@
+"""Markdown report from a pytest-benchmark JSON file.
+
+Usage:
+    pytest bench/ --benchmark --benchmark-json=results.json
+    python -m bench.report results.json [--out report.md]
+
+Sections: environment stamp, this run's ceilings (copy bandwidth, matmul), the model table modelled on the runtime
+column of Table 1 of the DeblurGAN paper (DeblurGAN vs DeepDeblur), the kernel table (ms, GB/s, % of copy bandwidth,
+speed-up vs eager and torch.compile), one table per other group, and what this run did not measure.
+Every number comes from the JSON; speed-ups only compare rows of the same run, case, shape and dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deblurgan.errors import DeblurGANError
+from engine.cli import run_cli
+
+# Paper (Kupyn et al. 2018, Table 1, runtime per GoPro 720p frame on a Titan X): context only, never compared.
+PAPER_MS = {"DeblurGAN": 850.0, "DeepDeblur": 4330.0}
+GROUP_ORDER = ["models", "kernels", "inference", "train", "data"]
+EXPECTED = {
+    "kernels": ["eager", "compile", "triton"],
+    "inference": ["eager", "compile", "aoti", "onnxruntime", "tensorrt"],
+    "train": ["eager", "engine"],
+    "data": ["reference", "engine"],
+}
+BASELINES = ("eager", "compile")
+
+
+@dataclass
+class Row:
+    """One benchmark result, normalised."""
+
+    name: str
+    group: str
+    case: str
+    backend: str
+    shape: str
+    dtype: str
+    ms: float  # median per call: CUDA-event device time when recorded, else pytest-benchmark's median
+    items: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ms_per_item(self) -> float:
+        return self.ms / max(self.items, 1)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.group, self.case, self.shape, self.dtype)
+
+
+@dataclass
+class Results:
+    rows: list[Row]
+    env: dict[str, Any]
+    machine: dict[str, Any]
+    commit: dict[str, Any]
+    datetime: str
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.env.get("device") == "cuda"
+
+    def group(self, name: str) -> list[Row]:
+        return [r for r in self.rows if r.group == name]
+
+    def calibration(self, case: str) -> Row | None:
+        return next((r for r in self.rows if r.group == "calibration" and r.case == case), None)
+
+    @property
+    def copy_gbps(self) -> float | None:
+        row = self.calibration("copy")
+        return row.extra.get("gbps") if row else None
+
+
+def _shape_str(shape: Any) -> str:
+    if isinstance(shape, (list, tuple)):
+        return "×".join(str(s) for s in shape)
+    return str(shape) if shape is not None else "-"
+
+
+def _row(bench: dict[str, Any]) -> Row:
+    info = dict(bench.get("extra_info") or {})
+    params = bench.get("params") or {}
+    ms = info.get("device_ms")
+    if ms is None:
+        ms = bench["stats"]["median"] * 1e3
+    name = bench.get("name", "?")
+    return Row(
+        name=name,
+        group=bench.get("group") or "other",
+        case=str(info.get("case") or name.split("[")[0].removeprefix("test_bench_").removeprefix("test_")),
+        backend=str(info.get("backend") or params.get("backend") or "-"),
+        shape=_shape_str(info.get("shape") or params.get("shape")),
+        dtype=str(info.get("dtype") or params.get("dtype") or "-").removeprefix("torch."),
+        ms=float(ms),
+        items=int(info.get("items") or 1),
+        extra=info,
+    )
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a pytest-benchmark JSON file; a missing or malformed file is a user error."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeblurGANError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeblurGANError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise DeblurGANError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    try:
+        rows = [_row(b) for b in data["benchmarks"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DeblurGANError(f"{path}: malformed benchmark entry ({type(e).__name__}: {e})") from None
+    machine = data.get("machine_info") or {}
+    return Results(
+        rows=rows,
+        env=machine.get("deblurgan") or {},
+        machine=machine,
+        commit=data.get("commit_info") or {},
+        datetime=str(data.get("datetime") or "unknown"),
+    )
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}" if ms >= 0.01 else f"{ms:.4f}"
+
+
+def fmt_x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}×"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _speedup(row: Row, rows: Sequence[Row], backend: str) -> float | None:
+    """ms of the `backend` row with the same case/shape/dtype divided by this row's ms (>1: this row is faster)."""
+    base = next((r for r in rows if r.key == row.key and r.backend == backend), None)
+    if base is None or row.ms_per_item <= 0:
+        return None
+    return base.ms_per_item / row.ms_per_item
+
+
+def title(res: Results) -> str:
+    env = res.env
+    if res.on_gpu:
+        return f"# Benchmark report: {env.get('gpu_name', 'unknown GPU')}"
+    cpu = env.get("cpu") or res.machine.get("cpu", {}).get("brand_raw") or "CPU"
+    return f"# Benchmark report: CPU only ({cpu}, {env.get('cpu_count', '?')} cores)"
+
+
+def section_env(res: Results) -> list[str]:
+    env, commit = res.env, res.commit
+    lines = [title(res), ""]
+    if not res.on_gpu:
+        lines += [
+            "> **CPU run with tiny stand-in shapes.** These numbers check that the suite runs; they say nothing",
+            "> about GPU speed and must not be compared with GPU reports or with the paper.",
+            "",
+        ]
+    ver = commit.get("id", "unknown")[:10] + (" (dirty)" if commit.get("dirty") else "")
+    items = [
+        ("date (UTC)", res.datetime),
+        ("commit", ver),
+        ("device", env.get("device", "unknown")),
+        ("GPU", env.get("gpu_name", "none")),
+        ("driver", env.get("driver", "-")),
+        ("CPU", f"{env.get('cpu', '-')} × {env.get('cpu_count', '?')}"),
+        ("python", env.get("python", res.machine.get("python_version", "-"))),
+        ("torch", env.get("torch", "unknown")),
+        ("CUDA", env.get("cuda", "-")),
+        ("triton", env.get("triton", "unknown")),
+        ("onnx", env.get("onnx", "unknown")),
+        ("onnxruntime", env.get("onnxruntime", "unknown")),
+        ("tensorrt", env.get("tensorrt", "unknown")),
+    ]
+    return lines + _table(["item", "value"], [[k, str(v)] for k, v in items]) + [""]
+
+
+def section_ceilings(res: Results) -> list[str]:
+    lines = ["## Ceilings measured in this run", ""]
+    copy, mm = res.calibration("copy"), res.calibration("matmul")
+    rows = []
+    if copy and copy.extra.get("gbps"):
+        rows.append(["device-to-device copy", copy.shape, f"{copy.extra['gbps']:.0f} GB/s (read + write)"])
+    if mm and mm.extra.get("tflops"):
+        rows.append([f"matmul {mm.dtype}", mm.shape, f"{mm.extra['tflops']:.1f} TFLOP/s"])
+    if not rows:
+        return lines + ["Not measured in this run (no `calibration` benchmarks): % of bandwidth is not shown.", ""]
+    return lines + _table(["ceiling", "size", "measured"], rows) + [""]
+
+
+def section_models(res: Results) -> list[str]:
+    rows = [r for r in res.rows if r.extra.get("model")]
+    lines = ["## DeblurGAN vs DeepDeblur (paper Table 1, runtime column)", ""]
+    if not rows:
+        return lines + ["Not measured in this run (no benchmark with a `model`).", ""]
+    body = []
+    for r in rows:
+        peer = next(
+            (
+                p
+                for p in rows
+                if p.extra.get("model") == "DeepDeblur"
+                and p.dtype == r.dtype
+                and p.shape.split("×")[-2:] == r.shape.split("×")[-2:]
+                and p.backend == "eager"
+            ),
+            None,
+        )
+        ratio = peer.ms_per_item / r.ms_per_item if peer and r.ms_per_item > 0 else None
+        gflop = r.extra.get("gflop_720p")
+        params = r.extra.get("params")
+        batch = r.shape.split("×")[0] if "×" in r.shape else "?"
+        body.append(
+            [
+                f"{r.extra['model']} ({r.backend}, {r.dtype}, b{batch})",
+                f"{params / 1e6:.2f} M" if params else "-",
+                f"{gflop:.0f}" if gflop else "-",
+                r.shape,
+                fmt_ms(r.ms_per_item),
+                fmt_x(ratio),
+            ]
+        )
+    lines += _table(["method", "params", "GFLOP / 720p frame", "input", "ms / frame", "speed-up vs DeepDeblur"], body)
+    full = all(r.extra.get("full_size", r.shape.endswith("720×1280")) for r in rows)
+    lines += [
+        "",
+        "GFLOP = 2 × multiply-accumulates (torch.utils.flop_counter), counted for one 3×720×1280 frame; a transposed",
+        "conv counts its useful work (input pixels × kernel). Speed-up = DeepDeblur ms / method ms, same run, same",
+        "dtype and input size (batch-normalised per frame).",
+        f"The paper reports {PAPER_MS['DeblurGAN'] / 1e3:.2f} s (DeblurGAN) vs {PAPER_MS['DeepDeblur'] / 1e3:.2f} s "
+        f"(DeepDeblur) per GoPro frame on a Titan X, {PAPER_MS['DeepDeblur'] / PAPER_MS['DeblurGAN']:.1f}× (context "
+        "only: other hardware, other frameworks).",
+    ]
+    if not full:
+        lines += ["", "**Inputs are tiny stand-ins, not 720p frames: ms / frame here is not a 720p runtime.**"]
+    return lines + [""]
+
+
+def _generic_rows(res: Results, rows: Sequence[Row], with_bw: bool) -> list[list[str]]:
+    copy = res.copy_gbps
+    body = []
+    for r in sorted(rows, key=lambda r: (r.case, r.shape, r.dtype, r.backend)):
+        gbps = r.extra.get("gbps")
+        cells = [r.case, r.shape, r.dtype, r.backend, fmt_ms(r.ms)]
+        if r.items > 1:
+            cells[-1] += f" ({fmt_ms(r.ms_per_item)} / item, {1e3 / r.ms_per_item:.4g} items/s)"
+        if with_bw:
+            cells += [f"{gbps:.0f}" if gbps else "-", f"{100 * gbps / copy:.0f} %" if gbps and copy else "-"]
+        cells += [fmt_x(_speedup(r, rows, b)) if r.backend != b else "1.00×" for b in BASELINES]
+        body.append(cells)
+    return body
+
+
+def section_group(res: Results, group: str) -> list[str]:
+    rows = res.group(group)
+    heading = {"kernels": "Kernels", "inference": "Inference", "train": "Training", "data": "Data"}.get(group, group)
+    lines = [f"## {heading}", ""]
+    if not rows:
+        return lines + [f"Not measured in this run (no `{group}` benchmarks).", ""]
+    with_bw = any(r.extra.get("gbps") for r in rows)
+    header = ["case", "shape", "dtype", "backend", "ms"]
+    if with_bw:
+        header += ["GB/s", "% of copy BW"]
+    header += ["vs eager", "vs compile"]
+    lines += _table(header, _generic_rows(res, rows, with_bw))
+    missing = [b for b in EXPECTED.get(group, []) if not any(r.backend == b for r in rows)]
+    lines += ["", "ms = median per call (CUDA events on GPU). vs X = X's ms / this row's ms, same case, shape, dtype."]
+    if missing:
+        lines += [f"Not measured in this run: {', '.join(missing)}."]
+    return lines + [""]
+
+
+def render(res: Results) -> str:
+    """The whole report as markdown."""
+    lines = section_env(res) + section_ceilings(res) + section_models(res)
+    others = sorted({r.group for r in res.rows} - set(GROUP_ORDER) - {"calibration", "models"})
+    for g in GROUP_ORDER[1:] + others:
+        lines += section_group(res, g)
+    if not res.rows:
+        lines += ["No benchmark results in this file.", ""]
+    return "\n".join(lines)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="pytest-benchmark JSON (--benchmark-json=...)")
+    parser.add_argument("--out", type=Path, help="write the markdown here (default: stdout)")
+    args = parser.parse_args(argv)
+    text = render(load_results(args.results))
+    if args.out:
+        try:
+            atomic_write_text(args.out, text)
+        except OSError as e:
+            raise DeblurGANError(f"cannot write {args.out}: {e.strerror or e}") from None
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

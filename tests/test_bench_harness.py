@@ -1,0 +1,346 @@
+"""The benchmark harness: DeepDeblur peer, FLOP counting, timing helpers, the --benchmark flag and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import report
+from bench.deepdeblur import DeepDeblur, count_flops
+from bench.timing import gbps, on_gpu, tensor_bytes, time_ms
+from deblurgan.errors import DeblurGANError
+from deblurgan.networks import Generator, count_parameters
+from engine.cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- DeepDeblur -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("upconv", "expected"), [("transpose", 11_719_953), ("pixelshuffle", 11_721_321)])
+def test_deepdeblur_parameter_count(upconv: str, expected: int) -> None:
+    # 3 scales x (head + 19 ResBlocks of two 5x5 64->64 convs + tail) + 2 up-convolutions; paper: ~11.7 M.
+    per_scale = 19 * 2 * (64 * 64 * 25 + 64) + (64 * 3 * 25 + 3)
+    heads = (3 * 64 * 25 + 64) + 2 * (6 * 64 * 25 + 64)
+    ups = 2 * ((3 * 3 * 25 + 3) if upconv == "transpose" else (3 * 12 * 25 + 12))
+    assert 3 * per_scale + heads + ups == expected
+    assert count_parameters(DeepDeblur(upconv=upconv)) == expected
+
+
+def test_deepdeblur_structure_and_forward() -> None:
+    torch.manual_seed(0)
+    model = DeepDeblur(n_resblocks=2).eval()  # same topology, fewer blocks: keeps the test fast
+    assert len(model.scales) == 3 and len(model.upconvs) == 2
+    assert [m.in_channels for m in (s.head for s in model.scales)] == [3, 6, 6]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.kernel_size == (5, 5) for m in convs)
+    assert len(DeepDeblur().scales[0].body) == 19
+    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    with torch.no_grad():
+        outs = model(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 3, 4, 6), (2, 3, 8, 12), (2, 3, 16, 24)]
+    # coarse-to-fine: the finest output depends on the coarsest scale's weights
+    with torch.no_grad():
+        model.scales[0].tail.bias.add_(1.0)
+        assert not torch.allclose(model(x)[-1], outs[-1])
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(torch.rand(1, 3, 10, 12))
+    with pytest.raises(ValueError, match="upconv"):
+        DeepDeblur(upconv="bilinear")
+
+
+def test_count_flops_matches_analytic_counts() -> None:
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1)
+    assert count_flops(conv, (2, 5, 8, 12)) == 2 * (2 * 8 * 12) * 5 * 7 * 9
+    h, w = 64, 96
+    expected = 0
+    for i, cin in enumerate([3, 6, 6]):
+        hw = (h // 2 ** (2 - i)) * (w // 2 ** (2 - i))
+        expected += 2 * hw * 25 * (cin * 64 + 19 * 2 * 64 * 64 + 64 * 3)
+        if i:
+            expected += 2 * (hw // 4) * 25 * 3 * 3  # transposed conv: input pixels x kernel
+    assert count_flops(DeepDeblur(), (1, 3, h, w)) == expected
+
+
+def test_model_flops_per_720p_frame() -> None:
+    deepdeblur = count_flops(DeepDeblur(), (1, 3, 720, 1280)) / 1e9
+    deblurgan = count_flops(Generator(), (1, 3, 720, 1280)) / 1e9
+    assert deepdeblur == pytest.approx(9448.0, rel=1e-3)
+    # 1597 GFLOP if the two stride-2 transposed convs are counted at their output resolution (4x their useful work)
+    assert deblurgan == pytest.approx(1393.6, rel=1e-3)
+
+
+# --- timing helpers ---------------------------------------------------------------------------------------------
+
+
+def test_gbps_and_bytes() -> None:
+    assert gbps(2e9, 1000.0) == pytest.approx(2.0)
+    assert tensor_bytes(torch.empty(3, 4), torch.empty(5, dtype=torch.float16)) == 48 + 10
+
+
+def test_time_ms_measures_real_work() -> None:
+    import time
+
+    ms = time_ms(lambda: time.sleep(0.02), warmup=0, rep=3)
+    assert 15 < ms < 200
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_time_cuda_scales_with_work() -> None:
+    from bench.timing import time_cuda
+
+    a = torch.randn(4096, 4096, device="cuda")
+    one = time_cuda(lambda: a @ a, warmup=3, rep=10)
+    four = time_cuda(lambda: [a @ a for _ in range(4)], warmup=3, rep=10)
+    assert 2.5 < four / one < 6
+
+
+# --- the --benchmark flag and a real benchmark JSON -----------------------------------------------------------------
+
+DUMMY_BENCH = """
+import torch
+from bench.timing import measure
+
+def test_plain():
+    pass
+
+def test_bench_copy(benchmark):
+    benchmark.group = "kernels"
+    x = torch.randn(1000)
+    y = torch.empty_like(x)
+    measure(benchmark, lambda: y.copy_(x), case="copy", backend="eager", bytes=8000, shape=x.shape, dtype=x.dtype)
+"""
+
+
+def _run_pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`pytest bench --benchmark` on a scratch suite that uses the real bench/conftest.py."""
+    tmp = tmp_path_factory.mktemp("suite")
+    (tmp / "bench").mkdir()
+    shutil.copy(ROOT / "bench" / "conftest.py", tmp / "bench" / "conftest.py")
+    (tmp / "bench" / "test_bench_dummy.py").write_text(DUMMY_BENCH)
+    out = tmp / "results.json"
+    return _run_pytest(tmp, "bench", "--benchmark", f"--benchmark-json={out}"), out
+
+
+def test_benchmark_flag_runs_only_benchmarks(bench_run) -> None:
+    proc, out = bench_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed, 1 skipped" in proc.stdout, proc.stdout
+    assert "benchmark-only" in proc.stdout  # the plain test was skipped by pytest-benchmark's --benchmark-only
+    data = json.loads(out.read_text())
+    (bench,) = data["benchmarks"]
+    assert bench["group"] == "kernels" and bench["stats"]["rounds"] >= 1
+    info = bench["extra_info"]
+    assert info["dtype"] == "float32" and info["shape"] == [1000] and info["gbps"] > 0
+    assert info["timing"] == ("cuda-events" if on_gpu() else "host-clock")
+    assert data["machine_info"]["deblurgan"]["torch"] == torch.__version__
+
+
+def test_report_from_real_json(bench_run, tmp_path) -> None:
+    _, out = bench_run
+    md_path = tmp_path / "r.md"
+    assert report.main([str(out), "--out", str(md_path)]) == 0
+    md = md_path.read_text()
+    assert "| copy | 1000 | float32 | eager |" in md
+    assert "Not measured in this run: compile, triton." in md
+    assert ("CPU only" in md) != on_gpu()
+
+
+def test_plain_pytest_does_not_collect_bench() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert cfg["testpaths"] == ["tests"]
+    uses_fixture = re.compile(r"def test_\w+\([^)]*\bbenchmark\b")
+    others = [p for p in (ROOT / "tests").glob("*.py") if p.name != Path(__file__).name]
+    hits = [p.name for p in others if uses_fixture.search(p.read_text())]
+    assert not hits, f"timed tests belong in bench/: {hits}"
+
+
+# --- report on a synthetic JSON ---------------------------------------------------------------------------------
+
+
+def _bench(name: str, group: str, ms: float, **info) -> dict:
+    return {"name": name, "group": group, "params": {}, "stats": {"median": ms / 1e3}, "extra_info": info}
+
+
+def _synthetic(gpu: bool = True) -> dict:
+    env = {"device": "cuda", "gpu_name": "NVIDIA H200", "driver": "580.1", "torch": "2.11.0", "triton": "3.6.0"}
+    if not gpu:
+        env = {"device": "cpu", "cpu": "x86_64", "cpu_count": 2, "torch": "2.13.0"}
+    s720 = [1, 3, 720, 1280]
+    benches = [
+        _bench("test_copy", "calibration", 1.0, case="copy", backend="calibration", gbps=4000.0, shape=[2**28]),
+        _bench("test_mm", "calibration", 1.0, case="matmul", backend="calibration", tflops=700.0, dtype="bfloat16"),
+        _bench(
+            "test_gan",
+            "models",
+            99.0,
+            device_ms=20.0,
+            case="forward",
+            backend="eager",
+            model="DeblurGAN",
+            params=11_378_179,
+            gflop_720p=1393.6,
+            shape=s720,
+            dtype="float32",
+            full_size=True,
+        ),
+        _bench(
+            "test_dd",
+            "models",
+            99.0,
+            device_ms=80.0,
+            case="forward",
+            backend="eager",
+            model="DeepDeblur",
+            params=11_719_953,
+            gflop_720p=9448.0,
+            shape=s720,
+            dtype="float32",
+            full_size=True,
+        ),
+        _bench(
+            "test_gan8",
+            "models",
+            99.0,
+            device_ms=80.0,
+            case="forward b8",
+            backend="eager",
+            model="DeblurGAN",
+            params=11_378_179,
+            gflop_720p=1393.6,
+            shape=[8, 3, 720, 1280],
+            dtype="float32",
+            items=8,
+        ),
+        _bench(
+            "test_k_eager",
+            "kernels",
+            2.0,
+            case="in_relu fwd",
+            backend="eager",
+            shape=[1, 64, 720, 1280],
+            dtype="float16",
+            gbps=1000.0,
+        ),
+        _bench(
+            "test_k_compile",
+            "kernels",
+            1.0,
+            case="in_relu fwd",
+            backend="compile",
+            shape=[1, 64, 720, 1280],
+            dtype="float16",
+            gbps=2000.0,
+        ),
+        _bench(
+            "test_k_triton",
+            "kernels",
+            0.5,
+            case="in_relu fwd",
+            backend="triton",
+            shape=[1, 64, 720, 1280],
+            dtype="float16",
+            gbps=3000.0,
+        ),
+        _bench(
+            "test_k_other_dtype",
+            "kernels",
+            0.1,
+            case="in_relu fwd",
+            backend="eager",
+            shape=[1, 64, 720, 1280],
+            dtype="float32",
+        ),
+        _bench("test_crops[b16]", "data", 10.0, case="blurred crops", backend="engine", items=16),
+    ]
+    return {
+        "machine_info": {"deblurgan": env},
+        "commit_info": {"id": "abc123def456", "dirty": False},
+        "datetime": "2026-11-26T05:00:00",
+        "benchmarks": benches,
+    }
+
+
+def _render(data: dict, tmp_path: Path) -> str:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    return report.render(report.load_results(path))
+
+
+def test_report_tables_and_ratios(tmp_path) -> None:
+    md = _render(_synthetic(), tmp_path)
+    assert md.startswith("# Benchmark report: NVIDIA H200")
+    assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md
+    assert "4000 GB/s" in md and "700.0 TFLOP/s" in md
+    # device_ms wins over the host median; DeepDeblur 80 ms / DeblurGAN 20 ms = 4x
+    assert "| DeblurGAN (eager, float32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× |" in md
+    assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× |" in md
+    assert "| DeblurGAN (eager, float32, b8) | 11.38 M | 1394 | 8×3×720×1280 | 10.0 | 8.00× |" in md  # per frame
+    assert "tiny stand-ins" not in md
+    # kernels: triton 0.5 ms vs eager 2 ms and compile 1 ms; 3000 / 4000 GB/s = 75 %
+    assert "| in_relu fwd | 1×64×720×1280 | float16 | triton | 0.500 | 3000 | 75 % | 4.00× | 2.00× |" in md
+    assert "| in_relu fwd | 1×64×720×1280 | float16 | eager | 2.00 | 1000 | 25 % | 1.00× | 0.50× |" in md
+    # no eager/compile row of the same dtype: no invented speed-up
+    assert "| in_relu fwd | 1×64×720×1280 | float32 | eager | 0.100 | - | - | 1.00× | - |" in md
+    assert "| blurred crops | - | - | engine | 10.0 (0.625 / item, 1600 items/s) | - | - |" in md
+    assert "Not measured in this run (no `inference` benchmarks)." in md
+    assert "Not measured in this run (no `train` benchmarks)." in md
+    assert "Not measured in this run: reference." in md  # data group lacks the reference loop
+
+
+def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
+    data = _synthetic(gpu=False)
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["group"] in ("models",)]
+    for b in data["benchmarks"]:
+        b["extra_info"]["shape"] = [1, 3, 36, 64]
+        b["extra_info"]["full_size"] = False
+    md = _render(data, tmp_path)
+    assert md.startswith("# Benchmark report: CPU only (x86_64, 2 cores)")
+    assert "say nothing" in md and "tiny stand-ins, not 720p frames" in md
+    assert "Not measured in this run (no `calibration` benchmarks)" in md
+    assert "Not measured in this run (no `kernels` benchmarks)." in md
+    assert "GB/s" not in md.split("## Kernels")[1]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("{not json", "not a readable JSON"),
+        ('{"a": 1}', "no 'benchmarks' list"),
+        ('{"benchmarks": [{"name": "x"}]}', "malformed benchmark entry"),
+    ],
+)
+def test_report_cli_bad_input(tmp_path, capsys, content, message) -> None:
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    assert run_cli(report.main, [str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_report_cli_keeps_old_output_on_failure(tmp_path) -> None:
+    out = tmp_path / "report.md"
+    out.write_text("previous report")
+    with pytest.raises(DeblurGANError):
+        report.main([str(tmp_path / "missing.json"), "--out", str(out)])
+    assert out.read_text() == "previous report"
