@@ -2,7 +2,7 @@
 
 Usage:
     pytest bench/ --benchmark --benchmark-json=results.json
-    python -m bench.report results.json [--out report.md]
+    python -m bench.report results.json [more.json ...] [--out report.md]
 
 Sections: environment stamp, this run's ceilings (copy bandwidth, matmul), the model table modelled on the runtime
 column of Table 1 of the DeblurGAN paper (DeblurGAN vs DeepDeblur), the kernel table (ms, GB/s, % of copy bandwidth,
@@ -110,9 +110,7 @@ def _row(bench: dict[str, Any]) -> Row:
     )
 
 
-def load_results(path: str | Path) -> Results:
-    """Read a pytest-benchmark JSON file; a missing or malformed file is a user error."""
-    path = Path(path)
+def _load_one(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -121,17 +119,30 @@ def load_results(path: str | Path) -> Results:
         raise DeblurGANError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise DeblurGANError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    try:
-        rows = [_row(b) for b in data["benchmarks"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise DeblurGANError(f"{path}: malformed benchmark entry ({type(e).__name__}: {e})") from None
-    machine = data.get("machine_info") or {}
+    return data
+
+
+def load_results(*paths: str | Path) -> Results:
+    """Read one or more pytest-benchmark JSON files of one run (merged); bad files are user errors."""
+    if not paths:
+        raise DeblurGANError("no results file given")
+    rows: list[Row] = []
+    datas = []
+    for path in map(Path, paths):
+        data = _load_one(path)
+        try:
+            rows += [_row(b) for b in data["benchmarks"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DeblurGANError(f"{path}: malformed benchmark entry ({type(e).__name__}: {e})") from None
+        datas.append(data)
+    first = next((d for d in datas if (d.get("machine_info") or {}).get("deblurgan")), datas[0])
+    machine = first.get("machine_info") or {}
     return Results(
         rows=rows,
         env=machine.get("deblurgan") or {},
         machine=machine,
-        commit=data.get("commit_info") or {},
-        datetime=str(data.get("datetime") or "unknown"),
+        commit=first.get("commit_info") or {},
+        datetime=min(str(d.get("datetime") or "unknown") for d in datas),
     )
 
 
@@ -321,10 +332,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="pytest-benchmark JSON (--benchmark-json=...)")
+    parser.add_argument("results", nargs="+", help="pytest-benchmark JSON file(s) of one run (--benchmark-json=...)")
     parser.add_argument("--out", type=Path, help="write the markdown here (default: stdout)")
     args = parser.parse_args(argv)
-    text = render(load_results(args.results))
+    text = render(load_results(*args.results))
     if args.out:
         try:
             atomic_write_text(args.out, text)

@@ -344,3 +344,24 @@ def test_report_cli_keeps_old_output_on_failure(tmp_path) -> None:
     with pytest.raises(DeblurGANError):
         report.main([str(tmp_path / "missing.json"), "--out", str(out)])
     assert out.read_text() == "previous report"
+
+
+def test_report_merges_several_result_files(tmp_path) -> None:
+    data = _synthetic()
+    models, rest = dict(data), dict(data)
+    models["benchmarks"] = [b for b in data["benchmarks"] if b["group"] == "models"]
+    rest["benchmarks"] = [b for b in data["benchmarks"] if b["group"] != "models"]
+    rest["machine_info"] = {}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for p, d in zip(paths, (rest, models), strict=True):
+        p.write_text(json.dumps(d))
+    res = report.load_results(*paths)
+    assert len(res.rows) == len(data["benchmarks"]) and res.env["gpu_name"] == "NVIDIA H200"
+    assert report.render(res) == _render(data, tmp_path)
+
+
+def test_gpu_check_script_is_valid_bash() -> None:
+    script = ROOT / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "--benchmark-json" in text and "bench.report" in text and "-m gpu" in text
