@@ -1,0 +1,251 @@
+"""deblurgan.data: every layout from tiny fixtures built here; pairs stay aligned through crop, pad and flip."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from deblurgan.blur import blur_image
+from deblurgan.data import (
+    CombinedDataset,
+    SyntheticDataset,
+    build_dataset,
+    describe_dataset,
+)
+from deblurgan.errors import DeblurGANError
+
+# Fixtures store blur = 255 - sharp pixel by pixel, so in [-1, 1] an aligned pair satisfies blur == -sharp exactly.
+
+
+def _rand(rng, h, w):
+    return (rng.random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def _save(path: Path, a: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+@pytest.fixture
+def gopro(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for seq in ("GOPR0001_11_00", "GOPR0002_11_01"):
+            for i in range(2):
+                s = _rand(rng, 42, 53)
+                _save(tmp_path / split / seq / "sharp" / f"{i:06d}.png", s)
+                _save(tmp_path / split / seq / "blur" / f"{i:06d}.png", 255 - s)
+                _save(tmp_path / split / seq / "blur_gamma" / f"{i:06d}.png", 255 - s)
+    return tmp_path
+
+
+def _assert_aligned(item):
+    assert item["blur"].shape == item["sharp"].shape and item["blur"].shape[0] == 3
+    torch.testing.assert_close(item["blur"], -item["sharp"], atol=1e-6, rtol=0)
+    assert item["blur"].dtype == torch.float32 and item["blur"].abs().max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["gopro", "gopro_gamma"])
+def test_gopro_train_crops_stay_aligned(gopro, kind):
+    ds = build_dataset(f"{kind}:{gopro}", "train", crop=16, seed=1)
+    assert len(ds) == 4
+    for i in range(len(ds)):
+        item = ds[i]
+        _assert_aligned(item)
+        assert item["blur"].shape == (3, 16, 16)
+        assert kind.replace("gopro_gamma", "blur_gamma").replace("gopro", "blur") in item["path"]
+
+
+def test_gopro_val_is_full_frame_multiple_of_4_and_uses_test_folder(gopro):
+    ds = build_dataset(f"gopro:{gopro}", "val")
+    assert len(ds) == 4 and all("/test/" in str(b) for b, _ in ds.pairs)
+    item = ds[0]
+    _assert_aligned(item)
+    assert item["blur"].shape == (3, 40, 52)
+    assert torch.equal(ds[1]["blur"], ds[1]["blur"])
+
+
+def test_train_crop_is_a_window_of_the_frame_maybe_flipped(gopro):
+    ds = build_dataset(f"gopro:{gopro}", "train", crop=16)
+    sharp = np.asarray(Image.open(ds.pairs[0][1]), dtype=np.float32) / 255 * 2 - 1
+    seen_flip = seen_plain = False
+    for _ in range(12):
+        crop = ds[0]["sharp"].permute(1, 2, 0).numpy()
+        for flipped, c in ((False, crop), (True, crop[:, ::-1])):
+            hits = [
+                (y, x)
+                for y in range(sharp.shape[0] - 15)
+                for x in range(sharp.shape[1] - 15)
+                if np.allclose(sharp[y : y + 16, x : x + 16], c, atol=1e-6)
+            ]
+            if hits:
+                seen_flip |= flipped
+                seen_plain |= not flipped
+                break
+        else:
+            pytest.fail("crop is not a window of the frame")
+    assert seen_flip and seen_plain
+
+
+def test_small_frames_are_reflect_padded(tmp_path):
+    rng = np.random.default_rng(1)
+    s = _rand(rng, 10, 12)
+    _save(tmp_path / "b" / "x.png", 255 - s)
+    _save(tmp_path / "s" / "x.png", s)
+    item = build_dataset(f"paired:{tmp_path / 'b'},{tmp_path / 's'}", "train", crop=16)[0]
+    assert item["blur"].shape == (3, 16, 16)
+    _assert_aligned(item)
+
+
+def test_aligned_ab_halves(tmp_path):
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        for i in range(3):
+            s = _rand(rng, 24, 20)
+            _save(tmp_path / split / f"{i}.png", np.concatenate([255 - s, s], axis=1))
+    ds = build_dataset(f"aligned:{tmp_path}", "train", crop=8)
+    assert len(ds) == 3
+    for i in range(3):
+        _assert_aligned(ds[i])
+    val = build_dataset(f"aligned:{tmp_path}", "val")
+    assert val[0]["blur"].shape == (3, 24, 20)
+    _assert_aligned(val[0])
+
+
+def test_aligned_odd_width_reported(tmp_path):
+    _save(tmp_path / "x.png", _rand(np.random.default_rng(3), 8, 9))
+    with pytest.raises(DeblurGANError, match="x.png"):
+        build_dataset(f"aligned:{tmp_path}", "train", crop=4)[0]
+
+
+def test_paired_matches_by_relative_path_ignoring_extension(tmp_path):
+    rng = np.random.default_rng(4)
+    for name in ("a", "sub/b"):
+        s = _rand(rng, 20, 20)
+        _save(tmp_path / "blur" / f"{name}.png", 255 - s)
+        _save(tmp_path / "sharp" / f"{name}.bmp", s)
+    ds = build_dataset(f"paired:{tmp_path / 'blur'},{tmp_path / 'sharp'}", "val")
+    assert len(ds) == 2
+    for i in range(2):
+        _assert_aligned(ds[i])
+
+
+def test_missing_partner_reported_with_path(gopro):
+    (gopro / "train" / "GOPR0002_11_01" / "sharp" / "000001.png").unlink()
+    with pytest.raises(DeblurGANError, match=r"GOPR0002_11_01/blur/000001.png: no sharp partner"):
+        build_dataset(f"gopro:{gopro}", "train")
+
+
+def test_size_mismatch_and_corrupt_file_reported_with_path(tmp_path):
+    rng = np.random.default_rng(5)
+    _save(tmp_path / "b" / "m.png", _rand(rng, 20, 20))
+    _save(tmp_path / "s" / "m.png", _rand(rng, 20, 24))
+    (tmp_path / "b" / "c.png").write_bytes(b"\x89PNG truncated")
+    _save(tmp_path / "s" / "c.png", _rand(rng, 20, 20))
+    ds = build_dataset(f"paired:{tmp_path / 'b'},{tmp_path / 's'}", "train", crop=8)
+    names = [b.name for b, _ in ds.pairs]
+    with pytest.raises(DeblurGANError, match=r"m.png: size 20x20 differs .*m.png \(24x20\)"):
+        ds[names.index("m.png")]
+    with pytest.raises(DeblurGANError, match=r"c.png"):
+        ds[names.index("c.png")]
+
+
+@pytest.fixture
+def sharp_dir(tmp_path):
+    rng = np.random.default_rng(6)
+    for i in range(3):
+        _save(tmp_path / "sharp" / f"{i}.png", _rand(rng, 90, 100))
+    return tmp_path / "sharp"
+
+
+def test_synthetic_crop_equals_crop_of_full_frame_blur(sharp_dir):
+    ds = SyntheticDataset(sorted(sharp_dir.iterdir()), "train", crop=24)
+    img = np.asarray(Image.open(ds.sources[0]), dtype=np.float32) / 255
+    rng = np.random.default_rng(7)
+    psf = np.random.default_rng(8).random((64, 64)) ** 8
+    psf /= psf.sum()
+    blur, sharp = ds._blur_crop(img, psf, rng)
+    r = np.random.default_rng(7)  # _blur_crop draws the window first
+    y, x = int(r.integers(0, 90 - 24 + 1)), int(r.integers(0, 100 - 24 + 1))
+    np.testing.assert_array_equal(sharp, img[y : y + 24, x : x + 24])
+    np.testing.assert_allclose(blur, blur_image(img, psf)[y : y + 24, x : x + 24], atol=2e-6)
+
+
+def test_synthetic_val_same_blur_every_epoch_train_repeatable_with_torch_seed(sharp_dir):
+    val = build_dataset(f"synthetic:{sharp_dir}", "val")
+    a, b = val[1], val[1]
+    assert torch.equal(a["blur"], b["blur"]) and a["blur"].shape == (3, 88, 100)
+    assert not torch.equal(a["blur"], a["sharp"])
+    train = build_dataset(f"synthetic:{sharp_dir}", "train", crop=32)
+    torch.manual_seed(0)
+    first = train[0]["blur"]
+    torch.manual_seed(0)
+    assert torch.equal(first, train[0]["blur"])
+    assert not torch.equal(first, train[0]["blur"])  # a new draw: another crop/kernel
+
+
+def test_skimage_default_holds_out_val():
+    train = build_dataset(None, "train", crop=32)
+    val = build_dataset(None, "val")
+    assert len(train) == 6 * 32 and len(val) == 4
+    assert not set(train.sources) & set(val.sources)
+    item = train[5]
+    assert item["blur"].shape == (3, 32, 32) and item["path"].startswith("skimage:")
+    assert torch.equal(val[0]["blur"], val[0]["blur"])
+    assert "synthetic blur" in describe_dataset(train)
+
+
+def test_combined_ratio_and_coverage(gopro, sharp_dir):
+    ds = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}@2:1", "train", crop=16)
+    assert isinstance(ds, CombinedDataset) and ds.weights == [2, 1]
+    located = [ds.locate(i) for i in range(len(ds))]
+    parts = [p for p, _ in located]
+    assert parts.count(0) == 2 * parts.count(1)
+    for k, part in enumerate(ds.parts):
+        assert {i for p, i in located if p == k} == set(range(len(part)))
+    for i in (0, 2):
+        assert ds[i]["blur"].shape == (3, 16, 16)
+    _assert_aligned(ds[2])  # index 2 is the gopro slot of the 2:1 pattern
+    assert "combined" in describe_dataset(ds)
+    equal = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}", "val")
+    assert equal.weights == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "nonsense",
+        "gopro:",
+        "flickr:/data",
+        "gopro:/does/not/exist",
+        "paired:/only/one",
+        "combined:skimage",
+        "combined:skimage+skimage@2:1:1",
+        "combined:skimage+combined:skimage+skimage",
+    ],
+)
+def test_bad_specs_are_one_line_user_errors(spec):
+    with pytest.raises(DeblurGANError) as e:
+        build_dataset(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_split_and_crop():
+    with pytest.raises(DeblurGANError):
+        build_dataset(None, "test")
+    with pytest.raises(DeblurGANError):
+        build_dataset(None, "train", crop=0)
+
+
+def test_picklable_and_works_with_workers(gopro, sharp_dir):
+    ds = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}@2:1", "train", crop=16)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(clone) == len(ds)
+    torch.manual_seed(0)
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2, shuffle=True))
+    assert sum(len(b["path"]) for b in batches) == len(ds)
+    assert batches[0]["blur"].shape == (3, 3, 16, 16)
