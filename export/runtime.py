@@ -176,8 +176,7 @@ class TensorRTRunner:
         trt = import_tensorrt()
         self.path = Path(path)
         self.device = torch.device(device)
-        if self.device.type != "cuda" or not _cuda_available():
-            raise DeblurGANError("TensorRT engines run on an NVIDIA GPU: no CUDA device is available")
+        self._check_device()
         self.sidecar = read_sidecar(self.path)
         check_compatible(self.sidecar, trt.__version__, gpu_info(self.device), self.path)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -219,6 +218,10 @@ class TensorRTRunner:
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (see TensorRT log above)")
         return y.float()
 
+    def _check_device(self) -> None:
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise DeblurGANError("TensorRT engines run on an NVIDIA GPU: no CUDA device is available")
+
     def _stream_handle(self) -> int:
         return torch.cuda.current_stream(self.device).cuda_stream
 
@@ -232,13 +235,11 @@ def import_tensorrt():  # -> the tensorrt module
     return tensorrt
 
 
-def _cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def gpu_info(device: torch.device | str = "cuda") -> dict[str, str]:
     """Name and compute capability of a CUDA device (what a TensorRT engine is tied to)."""
     device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise DeblurGANError("TensorRT needs an NVIDIA GPU: no CUDA device is available to this PyTorch")
     major, minor = torch.cuda.get_device_capability(device)
     return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
 
