@@ -249,7 +249,7 @@ def section_models(res: Results) -> list[str]:
         batch = r.shape.split("×")[0] if "×" in r.shape else "?"
         body.append(
             [
-                f"{r.extra['model']} ({r.backend}, {r.dtype}, b{batch})",
+                f"{r.extra['model']} ({r.backend}, {r.dtype}{'/TF32' if r.extra.get('tf32_convs') else ''}, b{batch})",
                 f"{params / 1e6:.2f} M" if params else "-",
                 f"{gflop:.0f}" if gflop else "-",
                 r.shape,

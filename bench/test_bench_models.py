@@ -1,4 +1,4 @@
-"""DeblurGAN generator vs DeepDeblur (Nah et al. 2017) forward time, plus this run's hardware ceilings.
+"""This run's hardware ceilings (measured first), then DeblurGAN generator vs DeepDeblur (Nah et al. 2017) forward.
 
 Run: `pytest bench/test_bench_models.py --benchmark` (720p, batch 1 on CUDA; a tiny 36x64 stand-in on CPU).
 The report (`python -m bench.report RESULTS.json`) takes the speed ratio from the same run, and the
@@ -24,6 +24,31 @@ FULL_720P = (1, 3, 720, 1280)
 @functools.cache
 def _gflop_720p(name: str) -> float:
     return count_flops(MODELS[name](), FULL_720P) / 1e9
+
+
+def test_bench_calibration_copy(benchmark) -> None:
+    """Device-to-device copy of a large tensor: the bandwidth ceiling of memory-bound kernels in this run."""
+    n = pick(cpu=16 * 2**20, cuda=256 * 2**20)  # fp32 elements: 64 MiB on CPU, 1 GiB on CUDA
+    src = torch.randn(n, device=device())
+    dst = torch.empty_like(src)
+    benchmark.group = "calibration"
+    measure(
+        benchmark, lambda: dst.copy_(src), case="copy", backend="calibration", bytes=tensor_bytes(src, dst), shape=[n]
+    )
+    assert torch.equal(dst, src)
+
+
+def test_bench_calibration_matmul(benchmark) -> None:
+    """Dense matmul throughput (bf16 on CUDA, fp32 on CPU): the compute ceiling of this run."""
+    n, dtype = pick(cpu=(512, torch.float32), cuda=(8192, torch.bfloat16))
+    a = torch.randn(n, n, device=device(), dtype=dtype)
+    b = torch.randn(n, n, device=device(), dtype=dtype)
+    benchmark.group = "calibration"
+    out = measure(
+        benchmark, lambda: a @ b, case="matmul", backend="calibration", flop=2 * n**3, shape=[n, n], dtype=dtype
+    )
+    ref = a[:4].float() @ b.float()
+    torch.testing.assert_close(out[:4].float(), ref, rtol=2e-2, atol=2e-2 * n**0.5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
@@ -52,30 +77,6 @@ def test_bench_model_forward(benchmark, name: str, dtype: torch.dtype) -> None:
         shape=[1, 3, h, w],
         dtype=dtype,
         full_size=(h, w) == (720, 1280),
+        tf32_convs=on_gpu() and torch.backends.cudnn.allow_tf32,  # PyTorch's default for fp32 convs on CUDA
     )
     assert out.shape == x.shape and torch.isfinite(out).all()
-
-
-def test_bench_calibration_copy(benchmark) -> None:
-    """Device-to-device copy of a large tensor: the bandwidth ceiling of memory-bound kernels in this run."""
-    n = pick(cpu=16 * 2**20, cuda=256 * 2**20)  # fp32 elements: 64 MiB on CPU, 1 GiB on CUDA
-    src = torch.randn(n, device=device())
-    dst = torch.empty_like(src)
-    benchmark.group = "calibration"
-    measure(
-        benchmark, lambda: dst.copy_(src), case="copy", backend="calibration", bytes=tensor_bytes(src, dst), shape=[n]
-    )
-    assert torch.equal(dst, src)
-
-
-def test_bench_calibration_matmul(benchmark) -> None:
-    """Dense matmul throughput (bf16 on CUDA, fp32 on CPU): the compute ceiling of this run."""
-    n, dtype = pick(cpu=(512, torch.float32), cuda=(8192, torch.bfloat16))
-    a = torch.randn(n, n, device=device(), dtype=dtype)
-    b = torch.randn(n, n, device=device(), dtype=dtype)
-    benchmark.group = "calibration"
-    out = measure(
-        benchmark, lambda: a @ b, case="matmul", backend="calibration", flop=2 * n**3, shape=[n, n], dtype=dtype
-    )
-    ref = a[:4].float() @ b.float()
-    torch.testing.assert_close(out[:4].float(), ref, rtol=2e-2, atol=2e-2 * n**0.5)
