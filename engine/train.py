@@ -103,10 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(cfg.out_dir) / cfg.name
     print(f"preset {cfg.preset}; run folder {run_dir}", file=sys.stderr)
 
+    from deblurgan.vgg import load_vgg19_features
+
     from .trainer import Trainer  # heavy imports after the config checks
 
+    vgg, vgg_source = load_vgg19_features(cfg.loss.vgg_weights)
     train_set, val_set = load_datasets(cfg)
-    trainer = Trainer(cfg, run_dir, train_set, val_set, resume=resume_dir is not None, progress=not args.no_progress)
+    trainer = Trainer(
+        cfg, run_dir, train_set, val_set, resume=resume_dir is not None, vgg=vgg, vgg_source=vgg_source,
+        progress=not args.no_progress,
+    )  # fmt: skip
     if trainer.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     summary = trainer.fit()

@@ -58,13 +58,18 @@ def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
     return max(0.0, 1.0 - (epoch - epochs_constant) / epochs_decay)
 
 
-def compute_gp(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str) -> torch.Tensor:
-    """The gradient penalty, through the fastest available implementation (the kernels issue fuses it)."""
-    try:
+def compute_gp(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str, backend: str = "torch"
+) -> torch.Tensor:
+    """The gradient penalty through the chosen implementation: 'torch' = plain autograd (the reference),
+    'triton' = the fused kernels of `kernels.gradient_penalty`, 'auto' = triton on CUDA tensors, else torch."""
+    if backend == "auto":
+        backend = "triton" if real.is_cuda else "torch"
+    if backend == "triton":
         from kernels.gradient_penalty import gradient_penalty
-    except ImportError:
-        gradient_penalty = gradient_penalty_reference
-    return gradient_penalty(critic, real, fake, weight, mode)
+
+        return gradient_penalty(critic, real, fake, weight, mode)
+    return gradient_penalty_reference(critic, real, fake, weight, mode)
 
 
 class ResumableSampler(Sampler[int]):
@@ -166,7 +171,7 @@ class Trainer:
     """Train a DeblurGAN generator/critic pair into `run_dir`.
 
     `train_set`/`val_set` yield {"blur", "sharp"} 3xHxW tensors in [-1, 1]. `resume=True` continues from the
-    newest checkpoint in `run_dir`. `vgg` (a features module) skips loading VGG19 weights (tests).
+    newest checkpoint in `run_dir`. `vgg`: an already loaded VGG features module (else `cfg.loss.vgg_weights`).
     """
 
     def __init__(
@@ -177,6 +182,7 @@ class Trainer:
         val_set: Dataset | None = None,
         resume: bool = False,
         vgg: nn.Module | None = None,
+        vgg_source: str = "given",
         progress: bool = True,
     ) -> None:
         self.cfg = cfg
@@ -186,7 +192,7 @@ class Trainer:
         if vgg is None:
             vgg, self.vgg_source = load_vgg19_features(cfg.loss.vgg_weights)
         else:
-            self.vgg_source = "given"
+            self.vgg_source = vgg_source
         if len(train_set) == 0:
             raise DeblurGANError("the training set is empty")
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("step_*.pt")):
@@ -269,7 +275,7 @@ class Trainer:
             with self._autocast():
                 scores = self.critic_fwd(both)
                 d_real, d_fake = scores[:n], scores[n:]
-                gp = compute_gp(self.critic, sharp, fake_d, cfg.loss.gp_weight, cfg.loss.gp_norm)
+                gp = compute_gp(self.critic, sharp, fake_d, cfg.loss.gp_weight, cfg.loss.gp_norm, cfg.model.kernels)
                 loss_d = critic_loss(d_real, d_fake) + gp
             loss_d.backward()
             self._sync_critic_grads()
