@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +33,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises DeblurGANError with the path for missing, truncated or non-image files.
     """
     path = Path(path)
+    header = _png_header(path)
+    if header is not None and header[2] == 16:
+        return read_png16(path)
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -68,10 +73,17 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise DeblurGANError(f"{path}: unknown image extension {path.suffix!r}")
+    image = np.asarray(image)
+    colour16 = image.dtype == np.uint16 and image.ndim == 3
+    if colour16 and fmt != "PNG":
+        raise DeblurGANError(f"{path}: 16-bit colour images can only be written as PNG")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        _array_to_pil(image).save(tmp, format=fmt)
+        if colour16:
+            Path(tmp).write_bytes(encode_png16(image))
+        else:
+            _array_to_pil(image).save(tmp, format=fmt)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -81,6 +93,10 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
 
 
 def _array_to_pil(image: np.ndarray) -> Image.Image:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+        raise DeblurGANError(f"cannot write an image of shape {image.shape} (HxW, HxWx3 or HxWx4)")
     if image.dtype == np.uint16:
         if image.ndim == 2:
             return Image.fromarray(image)  # I;16
@@ -100,3 +116,135 @@ def iter_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
         else:
             out.append((p, Path(p.name)))
     return out
+
+
+# --- 16-bit PNG ------------------------------------------------------------------------------------
+# PIL reads 16-bit RGB(A) PNGs as 8-bit (dropping the low byte) and cannot write them, so 16-bit PNGs
+# of every colour type are decoded here (zlib + the five PNG row filters) and 16-bit colour is encoded here.
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (palette never is 16-bit)
+
+
+def _png_header(path: Path) -> tuple[int, int, int, int, int] | None:
+    """(width, height, bit depth, colour type, interlace) from IHDR, or None if not a readable PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+    except OSError:
+        return None
+    if len(head) < 33 or head[:8] != _PNG_SIG or head[12:16] != b"IHDR":
+        return None
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    return w, h, depth, ctype, interlace
+
+
+def read_png16(path: str | os.PathLike) -> np.ndarray:
+    """Decode a 16-bit PNG: uint16 HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA; gray+alpha becomes RGBA)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DeblurGANError(f"{path}: unreadable image ({e.strerror or e})") from None
+    return _decode_png16(data, path)
+
+
+def _decode_png16(data: bytes, path: Path) -> np.ndarray:
+    if data[:8] != _PNG_SIG:
+        raise DeblurGANError(f"{path}: not a PNG file")
+    pos, idat, ihdr, ended = 8, [], None, False
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        crc = data[pos + 8 + length : pos + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            raise DeblurGANError(f"{path}: truncated PNG (chunk {ctype.decode('latin-1')!r} cut short)")
+        if zlib.crc32(ctype + body) != struct.unpack(">I", crc)[0]:
+            raise DeblurGANError(f"{path}: corrupt PNG (bad CRC in chunk {ctype.decode('latin-1')!r})")
+        if ctype == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", body[:13])
+        elif ctype == b"IDAT":
+            idat.append(body)
+        elif ctype == b"IEND":
+            ended = True
+            break
+        pos += 12 + length
+    if ihdr is None:
+        raise DeblurGANError(f"{path}: PNG without IHDR")
+    if not ended:
+        raise DeblurGANError(f"{path}: truncated PNG (no IEND chunk)")
+    w, h, depth, colour, _, _, interlace = ihdr
+    if depth != 16 or colour not in _PNG_CHANNELS:
+        raise DeblurGANError(f"{path}: not a 16-bit gray/RGB/RGBA PNG (depth {depth}, colour type {colour})")
+    if interlace:
+        raise DeblurGANError(f"{path}: interlaced 16-bit PNGs are not supported; re-save without interlacing")
+    channels = _PNG_CHANNELS[colour]
+    bpp, stride = 2 * channels, 2 * channels * w
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error as e:
+        raise DeblurGANError(f"{path}: corrupt PNG image data ({e})") from None
+    if len(raw) < h * (stride + 1):
+        raise DeblurGANError(f"{path}: truncated PNG image data")
+    rows = np.frombuffer(raw, dtype=np.uint8, count=h * (stride + 1)).reshape(h, stride + 1)
+    out = np.empty((h, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.uint8)
+    for y in range(h):
+        out[y] = prev = _unfilter_row(int(rows[y, 0]), rows[y, 1:], prev, bpp, path)
+    img = out.view(">u2").reshape(h, w, channels).astype(np.uint16)
+    if channels == 1:
+        return img[:, :, 0]
+    if channels == 2:  # gray + alpha -> RGBA, like the 8-bit path
+        return np.concatenate([np.repeat(img[:, :, :1], 3, axis=2), img[:, :, 1:]], axis=2)
+    return img
+
+
+def _unfilter_row(ftype: int, row: np.ndarray, prev: np.ndarray, bpp: int, path: Path) -> np.ndarray:
+    if ftype == 0:
+        return row.copy()
+    if ftype == 2:
+        return row + prev  # uint8 arithmetic wraps mod 256, as PNG specifies
+    if ftype == 1:  # Sub: a running sum along the row, per byte lane
+        return (np.cumsum(row.reshape(-1, bpp), axis=0, dtype=np.int64) & 0xFF).astype(np.uint8).ravel()
+    if ftype not in (3, 4):
+        raise DeblurGANError(f"{path}: corrupt PNG (unknown row filter {ftype})")
+    # Average and Paeth depend on the reconstructed byte bpp to the left: go pixel by pixel,
+    # vectorised over the bpp bytes of one pixel (slow in Python, but only these filters need it).
+    out = row.astype(np.int32)
+    up = prev.astype(np.int32)
+    n = len(row)
+    for i in range(0, n, bpp):
+        cur = out[i : i + bpp]
+        b = up[i : i + bpp]
+        a = out[i - bpp : i] if i else np.zeros(bpp, np.int32)
+        if ftype == 3:
+            cur += (a + b) >> 1
+        else:
+            c = up[i - bpp : i] if i else np.zeros(bpp, np.int32)
+            p = a + b - c
+            pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+            cur += np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        cur &= 0xFF
+    return out.astype(np.uint8)
+
+
+def encode_png16(image: np.ndarray) -> bytes:
+    """Encode uint16 HxW, HxWx3 or HxWx4 as a 16-bit PNG (filter 0 on every row, zlib level 6)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint16:
+        raise DeblurGANError(f"expected uint16 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    h, w, c = image.shape
+    colour = {1: 0, 3: 2, 4: 6}.get(c)
+    if colour is None:
+        raise DeblurGANError(f"cannot write a 16-bit PNG with {c} channels")
+    rows = image.astype(">u2").reshape(h, w * c).view(np.uint8)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    return _PNG_SIG + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")

@@ -1,0 +1,234 @@
+"""Deblur images, folders and videos with a trained generator or an exported artifact.
+
+Usage:
+    python -m engine.deblur INPUT... --checkpoint model.pt --out DIR [options]
+    python -m engine.deblur clips/ --backend onnx --model deblurgan.onnx --out DIR --device cuda
+
+INPUT: image files, folders (searched recursively for images and videos) and video files. The output
+folder mirrors each input folder; a file input lands directly in --out. Videos come out as a video with
+the same frame rate (or as PNG frames with --frames). A bad file is reported as `skipped PATH: reason`
+and the job goes on; the exit code is 0 when every file worked, 1 when some failed, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deblurgan.errors import DeblurGANError
+from deblurgan.io import is_image_file, read_image, write_image
+from deblurgan.video import VideoReader, VideoWriter, is_video_file
+
+from .cli import run_cli
+
+BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.deblur", description="Deblur images, folders and videos.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or video files")
+    p.add_argument("--out", required=True, help="output folder (mirrors input folders)")
+    p.add_argument("--suffix", default="", help="added to output file names, e.g. _deblurred")
+    p.add_argument("--ext", help="output image format, e.g. png (default: same as the input)")
+    p.add_argument("--side-by-side", action="store_true", help="write input|output next to each other")
+    p.add_argument("--frames", action="store_true", help="write videos as numbered PNG frames in a folder")
+    add_model_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The options that pick and run a model (shared with engine.evaluate)."""
+    p.add_argument("--checkpoint", help="generator checkpoint (ours or the authors' latest_net_G.pth)")
+    p.add_argument("--model", help="exported artifact for --backend onnx|aoti|tensorrt (default: --checkpoint)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--fp16", action="store_true", help="half precision (CUDA, torch backend)")
+    p.add_argument("--batch-size", type=int, default=4, help="frames or tiles per forward pass")
+    p.add_argument("--tile", type=int, help="tile size in px (multiple of 4); default: only when memory is short")
+    p.add_argument("--overlap", type=int, help="tile overlap in px (multiple of 4); default: automatic")
+    p.add_argument(
+        "--tile-stats",
+        choices=("global", "tile"),
+        default="global",
+        help="instance-norm statistics of tiles: whole image (exact, torch) or per tile (one pass)",
+    )
+    p.add_argument("--test-time-dropout", action="store_true", help="keep dropout on (the paper's inference)")
+    p.add_argument("--seed", type=int, help="seed for --test-time-dropout")
+    p.add_argument("--no-ema", action="store_true", help="use the raw generator even if the checkpoint has EMA")
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path  # for videos with --frames: a folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    jobs = plan_jobs([Path(p) for p in args.inputs], out, args.suffix, args.ext, args.frames)
+    deblurrer = make_deblurrer(args)
+    return run_jobs(jobs, deblurrer, args)
+
+
+def make_deblurrer(args: argparse.Namespace):  # -> deblurgan.inference.Deblurrer
+    import torch
+
+    from deblurgan.inference import Deblurrer
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.seed is not None and not args.test_time_dropout:
+        print("note: --seed only matters with --test-time-dropout", file=sys.stderr)
+    opts = dict(
+        batch_size=args.batch_size,
+        tile=args.tile,
+        overlap=args.overlap,
+        tile_stats=args.tile_stats,
+        test_time_dropout=args.test_time_dropout,
+        seed=args.seed,
+    )
+    if args.backend == "torch":
+        if not args.checkpoint:
+            raise DeblurGANError("give --checkpoint (the torch backend runs a generator checkpoint)")
+        return Deblurrer(args.checkpoint, device=device, fp16=args.fp16, use_ema=not args.no_ema, **opts)
+    path = args.model or args.checkpoint
+    if not path:
+        raise DeblurGANError(f"give --model (the {args.backend} artifact to run)")
+    try:
+        from export.runtime import load_runner
+    except ImportError as e:
+        raise DeblurGANError(f"the {args.backend} backend is not available in this install ({e})") from None
+    runner = load_runner(path, args.backend, device, args.fp16)
+    return Deblurrer(runner=runner, **opts)
+
+
+def plan_jobs(inputs: list[Path], out: Path, suffix: str, ext: str | None, frames: bool) -> list[Job]:
+    """Expand inputs into (source, destination) pairs; refuse outputs that would overwrite an input."""
+    out_r = out.resolve()
+    pairs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        if item.is_dir():
+            if item.resolve() == out_r:
+                raise DeblurGANError(f"--out {out} is an input folder: choose another folder")
+            files = sorted(f for f in item.rglob("*") if f.is_file() and (is_image_file(f) or is_video_file(f)))
+            files = [f for f in files if not f.resolve().is_relative_to(out_r)]  # earlier outputs inside it
+            pairs += [(f, f.relative_to(item)) for f in files]
+        else:
+            pairs.append((item, Path(item.name)))  # missing files are reported per file later
+    if not pairs:
+        raise DeblurGANError("no images or videos found in the inputs")
+    sources = {p.resolve() for p, _ in pairs}
+    jobs, seen = [], {}
+    for src, rel in pairs:
+        if is_video_file(src) and frames:
+            dst = out / rel.parent / (rel.stem + suffix)
+        else:
+            new_ext = f".{ext.lstrip('.')}" if ext and not is_video_file(src) else rel.suffix
+            dst = out / rel.parent / (rel.stem + suffix + new_ext)
+        key = dst.resolve()
+        if key in sources:
+            raise DeblurGANError(f"{src}: output {dst} would overwrite an input (use another --out or a --suffix)")
+        if key in seen:
+            raise DeblurGANError(f"{src} and {seen[key]} would both be written to {dst} (use separate runs)")
+        seen[key] = src
+        jobs.append(Job(src, dst))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], deblurrer, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    failed = 0
+    show = not args.no_progress and sys.stderr.isatty()
+    bar = tqdm(jobs, unit="file", disable=not show or len(jobs) < 2, file=sys.stderr)
+    for job in bar:
+        try:
+            if is_video_file(job.src):
+                deblur_video(job, deblurrer, args, show)
+            else:
+                deblur_image_file(job, deblurrer, args.side_by_side)
+        except DeblurGANError as e:
+            failed += 1
+            tqdm.write(f"skipped {job.src}: {_strip_path(str(e), job.src)}", file=sys.stderr)
+        except (RuntimeError, OSError, MemoryError, ValueError) as e:  # e.g. out of memory on one huge file
+            failed += 1
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            tqdm.write(f"skipped {job.src}: {type(e).__name__}: {msg}", file=sys.stderr)
+    done = len(jobs) - failed
+    print(f"deblurred {done} of {len(jobs)} file(s) into {args.out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def deblur_image_file(job: Job, deblurrer, side_by_side: bool) -> None:
+    if not job.src.is_file():
+        raise DeblurGANError("file not found")
+    if not is_image_file(job.src):
+        raise DeblurGANError("not an image or video file (unknown extension)")
+    image = read_image(job.src)
+    out = deblurrer.deblur(image)
+    write_image(job.dst, np.concatenate([image, out], axis=1) if side_by_side else out)
+
+
+def deblur_video(job: Job, deblurrer, args: argparse.Namespace, show: bool) -> None:
+    from tqdm import tqdm
+
+    if not job.src.is_file():
+        raise DeblurGANError("file not found")
+    with VideoReader(job.src) as reader:
+        width = reader.width * (2 if args.side_by_side else 1)
+        writer = None if args.frames else VideoWriter(job.dst, reader.fps, width, reader.height)
+        bar = tqdm(total=reader.frames or None, unit="frame", disable=not show, leave=False, file=sys.stderr)
+        index = 0
+        try:
+            batch: list[np.ndarray] = []
+            for frame in _with_end(reader):
+                if frame is not None:
+                    batch.append(frame)
+                if batch and (frame is None or len(batch) >= deblurrer.batch_size):
+                    for src, out in zip(batch, deblurrer.deblur_batch(batch), strict=True):
+                        img = np.concatenate([src, out], axis=1) if args.side_by_side else out
+                        index += 1
+                        if writer is None:
+                            write_image(job.dst / f"frame_{index:06d}.png", img)
+                        else:
+                            writer.write(img)
+                    bar.update(len(batch))
+                    batch = []
+            if index == 0:
+                raise DeblurGANError("video has no frames")
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            bar.close()
+        if writer is not None:
+            writer.close()
+
+
+def _with_end(reader: VideoReader):
+    yield from reader
+    yield None
+
+
+def _strip_path(msg: str, path: Path) -> str:
+    """Library errors start with the path; the skip line already names it."""
+    prefix = f"{path}: "
+    return msg[len(prefix) :] if msg.startswith(prefix) else msg
+
+
+if __name__ == "__main__":
+    sys.exit(main())
