@@ -1,0 +1,668 @@
+"""Fused instance norm + activation (ReLU / LeakyReLU / none) in Triton, twice differentiable.
+
+    y = act((x - mean) * rstd * w + b),  mean/var over H*W of every (n, c) plane, rstd = 1/sqrt(var + eps)
+
+Forward: planes of up to `FUSED_MAX` elements are done by one program each (one read, one write). Larger
+planes are split into chunks over a (N*C, chunks) grid: a statistics pass writes per-chunk (mean, M2)
+partials, and the normalize pass combines them (Chan et al.'s parallel variance, fp32) before writing y,
+so N=1, C=64 at 720p still spreads over the whole GPU.
+
+Backward: dx (and dw, db) from x, dy and the saved mean/rstd: one program per small plane, or a reduction
+pass (sum dz, sum dz*xhat per chunk) plus a dx pass for large planes.
+
+Double backward (needed by the WGAN-GP critic step): the backward is itself a custom op whose derivative is
+the vector-Jacobian product of `composite_backward` (plain differentiable torch ops), taken with torch.func
+so that any order of differentiation stays correct.
+
+Both ops are registered with `torch.library.custom_op` (namespace `deblurgan_kernels`) with fake
+implementations, so torch.compile and torch.export trace them without graph breaks.
+
+Importing this module needs neither triton nor CUDA; running the kernels needs triton and either CUDA
+tensors or `TRITON_INTERPRET=1` set before triton is imported (CPU interpreter, for tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the module stays importable; calling a kernel raises a clear error
+    triton = None
+
+    class tl:  # noqa: N801 - stands in for triton.language so the kernel signatures still parse
+        constexpr = object
+
+    def _jit(fn):
+        return fn
+else:
+    _jit = triton.jit
+
+FUSED_MAX = 4096  # planes up to this many elements are normalized by one program (all in registers)
+TILE = 1024  # elements per loop step in the chunked kernels
+TARGET_PROGRAMS = 1024  # chunks are sized so that N*C*chunks reaches about this many programs
+MAX_CHUNK = 65536
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+@_jit
+def _act(z, slope, ACT: tl.constexpr):
+    if ACT:
+        z = tl.where(z > 0, z, z * slope)
+    return z
+
+
+@_jit
+def _fwd_fused_kernel(
+    X,  # input, (N, C, H, W) with H*W addressable as one stride (NCHW or channels_last)
+    Y,  # output, same strides as X
+    W,  # weight (C,) or a dummy when HAS_W is False
+    B,  # bias (C,) or a dummy when HAS_W is False
+    MEAN,  # fp32 (N*C,) out: per-plane mean
+    RSTD,  # fp32 (N*C,) out: per-plane 1/sqrt(var + eps)
+    C,  # channels
+    HW,  # elements per plane
+    stride_n,  # element strides of X / Y
+    stride_c,
+    stride_hw,
+    slope,  # negative slope of the LeakyReLU (0.0 = ReLU)
+    eps,  # variance epsilon
+    HAS_W: tl.constexpr,  # affine
+    ACT: tl.constexpr,  # apply the activation
+    BLOCK: tl.constexpr,  # >= HW: one program holds the whole plane
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HW
+    ptr_off = base + offs.to(tl.int64) * stride_hw
+    x = tl.load(X + ptr_off, mask=mask, other=0.0).to(ACC)
+    mean = tl.sum(x, axis=0) / HW
+    d = tl.where(mask, x - mean, 0.0)  # two-pass variance: the plane is already in registers
+    var = tl.sum(d * d, axis=0) / HW
+    rstd = 1.0 / tl.sqrt(var + eps)
+    z = d * rstd
+    if HAS_W:
+        z = z * tl.load(W + c).to(ACC) + tl.load(B + c).to(ACC)
+    y = _act(z, slope, ACT)
+    tl.store(Y + ptr_off, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + pid, mean)
+    tl.store(RSTD + pid, rstd)
+
+
+@_jit
+def _stats_kernel(
+    X,  # input (see _fwd_fused_kernel)
+    MEAN_PART,  # fp32 (N*C, K) out: mean of each chunk
+    M2_PART,  # fp32 (N*C, K) out: sum of squared deviations of each chunk
+    HW,  # elements per plane
+    C,  # channels
+    K,  # chunks per plane
+    stride_n,
+    stride_c,
+    stride_hw,
+    CHUNK: tl.constexpr,  # elements per chunk, a multiple of TILE
+    TILE: tl.constexpr,  # elements per loop step
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    start = k * CHUNK
+    # per-lane Welford, then a Chan merge of the lanes: stable however large the chunk
+    cnt = tl.zeros([TILE], dtype=ACC)
+    mean = tl.zeros([TILE], dtype=ACC)
+    m2 = tl.zeros([TILE], dtype=ACC)
+    for i in range(0, CHUNK, TILE):
+        offs = start + i + tl.arange(0, TILE)
+        mask = offs < HW
+        x = tl.load(X + base + offs.to(tl.int64) * stride_hw, mask=mask, other=0.0).to(ACC)
+        cnt += mask.to(ACC)
+        delta = x - mean
+        mean += tl.where(mask, delta / tl.maximum(cnt, 1.0), 0.0)
+        m2 += tl.where(mask, delta * (x - mean), 0.0)
+    total = tl.maximum(tl.sum(cnt, axis=0), 1.0)
+    chunk_mean = tl.sum(cnt * mean, axis=0) / total
+    dev = mean - chunk_mean
+    chunk_m2 = tl.sum(m2 + cnt * dev * dev, axis=0)
+    tl.store(MEAN_PART + pid * K + k, chunk_mean)
+    tl.store(M2_PART + pid * K + k, chunk_m2)
+
+
+@_jit
+def _combine_stats(MEAN_PART, M2_PART, pid, HW, K, eps, CHUNK: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """Merge the K chunk partials of plane `pid` into (mean, rstd)."""
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    cnt = tl.where(kmask, tl.minimum(HW - ks * CHUNK, CHUNK), 0).to(ACC)
+    means = tl.load(MEAN_PART + pid * K + ks, mask=kmask, other=0.0)
+    m2s = tl.load(M2_PART + pid * K + ks, mask=kmask, other=0.0)
+    mean = tl.sum(cnt * means, axis=0) / HW
+    dev = means - mean
+    m2 = tl.sum(m2s + cnt * dev * dev, axis=0)
+    rstd = 1.0 / tl.sqrt(m2 / HW + eps)
+    return mean, rstd
+
+
+@_jit
+def _norm_act_kernel(
+    X,  # input
+    Y,  # output, same strides as X
+    W,  # weight (C,) or dummy
+    B,  # bias (C,) or dummy
+    MEAN_PART,  # fp32 (N*C, K) chunk means from _stats_kernel
+    M2_PART,  # fp32 (N*C, K) chunk M2 from _stats_kernel
+    MEAN,  # fp32 (N*C,) out, written by chunk 0
+    RSTD,  # fp32 (N*C,) out, written by chunk 0
+    HW,
+    C,
+    K,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    eps,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    TILE: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # next power of two >= K
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // C
+    c = pid % C
+    mean, rstd = _combine_stats(MEAN_PART, M2_PART, pid, HW, K, eps, CHUNK, BLOCK_K, ACC)
+    if k == 0:
+        tl.store(MEAN + pid, mean)
+        tl.store(RSTD + pid, rstd)
+    scale = rstd
+    shift = -mean * rstd
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+        scale = scale * w
+        shift = shift * w + tl.load(B + c).to(ACC)
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE):
+        offs = start + i + tl.arange(0, TILE)
+        mask = offs < HW
+        ptr_off = base + offs.to(tl.int64) * stride_hw
+        x = tl.load(X + ptr_off, mask=mask, other=0.0).to(ACC)
+        y = _act(x * scale + shift, slope, ACT)
+        tl.store(Y + ptr_off, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@_jit
+def _bwd_fused_kernel(
+    X,  # forward input
+    DY,  # upstream gradient, same strides as X
+    DX,  # out: input gradient, same strides as X
+    W,  # weight (C,) or dummy
+    B,  # bias (C,) or dummy
+    MEAN,  # fp32 (N*C,) saved by the forward
+    RSTD,  # fp32 (N*C,)
+    S1,  # fp32 (N*C,) out: sum(dz) per plane (-> db)
+    S2,  # fp32 (N*C,) out: sum(dz * xhat) per plane (-> dw)
+    C,
+    HW,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK: tl.constexpr,  # >= HW
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HW
+    ptr_off = base + offs.to(tl.int64) * stride_hw
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    xhat = (tl.load(X + ptr_off, mask=mask, other=0.0).to(ACC) - mean) * rstd
+    dz = tl.load(DY + ptr_off, mask=mask, other=0.0).to(ACC)
+    w = 1.0
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+    if ACT:
+        z = xhat
+        if HAS_W:
+            z = xhat * w + tl.load(B + c).to(ACC)
+        dz = tl.where(z > 0, dz, dz * slope)
+    dz = tl.where(mask, dz, 0.0)
+    s1 = tl.sum(dz, axis=0)
+    s2 = tl.sum(dz * xhat, axis=0)
+    dx = (w * rstd) * (dz - s1 / HW - xhat * (s2 / HW))
+    tl.store(DX + ptr_off, dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(S1 + pid, s1)
+    tl.store(S2 + pid, s2)
+
+
+@_jit
+def _bwd_reduce_kernel(
+    X,  # forward input
+    DY,  # upstream gradient, same strides as X
+    W,
+    B,
+    MEAN,  # fp32 (N*C,)
+    RSTD,  # fp32 (N*C,)
+    S1_PART,  # fp32 (N*C, K) out: sum(dz) per chunk
+    S2_PART,  # fp32 (N*C, K) out: sum(dz * xhat) per chunk
+    HW,
+    C,
+    K,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    TILE: tl.constexpr,
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    w = 1.0
+    b = 0.0
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+        b = tl.load(B + c).to(ACC)
+    acc1 = tl.zeros([TILE], dtype=ACC)
+    acc2 = tl.zeros([TILE], dtype=ACC)
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE):
+        offs = start + i + tl.arange(0, TILE)
+        mask = offs < HW
+        ptr_off = base + offs.to(tl.int64) * stride_hw
+        xhat = (tl.load(X + ptr_off, mask=mask, other=0.0).to(ACC) - mean) * rstd
+        dz = tl.load(DY + ptr_off, mask=mask, other=0.0).to(ACC)
+        if ACT:
+            dz = tl.where(xhat * w + b > 0, dz, dz * slope)
+        dz = tl.where(mask, dz, 0.0)
+        acc1 += dz
+        acc2 += dz * xhat
+    tl.store(S1_PART + pid * K + k, tl.sum(acc1, axis=0))
+    tl.store(S2_PART + pid * K + k, tl.sum(acc2, axis=0))
+
+
+@_jit
+def _bwd_dx_kernel(
+    X,
+    DY,
+    DX,  # out, same strides as X
+    W,
+    B,
+    MEAN,
+    RSTD,
+    S1_PART,  # fp32 (N*C, K) from _bwd_reduce_kernel
+    S2_PART,
+    HW,
+    C,
+    K,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    TILE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    w = 1.0
+    b = 0.0
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+        b = tl.load(B + c).to(ACC)
+    ks = tl.arange(0, BLOCK_K)
+    s1 = tl.sum(tl.load(S1_PART + pid * K + ks, mask=ks < K, other=0.0), axis=0)
+    s2 = tl.sum(tl.load(S2_PART + pid * K + ks, mask=ks < K, other=0.0), axis=0)
+    m1 = s1 / HW
+    m2 = s2 / HW
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE):
+        offs = start + i + tl.arange(0, TILE)
+        mask = offs < HW
+        ptr_off = base + offs.to(tl.int64) * stride_hw
+        xhat = (tl.load(X + ptr_off, mask=mask, other=0.0).to(ACC) - mean) * rstd
+        dz = tl.load(DY + ptr_off, mask=mask, other=0.0).to(ACC)
+        if ACT:
+            dz = tl.where(xhat * w + b > 0, dz, dz * slope)
+        dx = (w * rstd) * (dz - m1 - xhat * m2)
+        tl.store(DX + ptr_off, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------- host side
+def _check_runnable(x: torch.Tensor) -> None:
+    if triton is None:
+        raise RuntimeError("the triton kernels backend needs the `triton` package (use kernels='torch')")
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"the triton kernels backend runs on CUDA tensors (got a {x.device.type} tensor); "
+            "use kernels='torch' or 'auto', or set TRITON_INTERPRET=1 before importing triton"
+        )
+
+
+def _check_input(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"instance_norm_act expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"instance_norm_act supports float32, float16, bfloat16 and float64 tensors, got {x.dtype}")
+    if (weight is None) != (bias is None):
+        raise ValueError("instance_norm_act needs both weight and bias, or neither")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (x.shape[1],):
+            raise ValueError(f"{name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
+
+
+def _layout(x: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
+    """x as NCHW- or channels_last-contiguous (H*W then has a single stride), and that format."""
+    if x.is_contiguous():
+        return x, torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, torch.channels_last
+    return x.contiguous(), torch.contiguous_format
+
+
+def _acc(x: torch.Tensor) -> tuple[torch.dtype, object]:
+    """Accumulation dtype (torch, triton): fp32, or fp64 for fp64 inputs so that gradcheck is meaningful."""
+    return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _plan(nc: int, hw: int, chunk_size: int | None) -> tuple[int, int, int]:
+    """(chunk, chunks per plane, tile); chunk == 0 means one fused program per plane."""
+    if chunk_size is None:
+        if hw <= FUSED_MAX:
+            return 0, 1, 0
+        want = triton.cdiv(hw, max(1, TARGET_PROGRAMS // nc))
+        chunk = min(max(triton.next_power_of_2(want), TILE), MAX_CHUNK)
+        return chunk, triton.cdiv(hw, chunk), TILE
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    chunk = triton.next_power_of_2(chunk_size)
+    return chunk, triton.cdiv(hw, chunk), min(TILE, chunk)
+
+
+@torch.library.custom_op("deblurgan_kernels::in_act_fwd", mutates_args=())
+def _in_act_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    negative_slope: float,
+    eps: float,
+    activation: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, _ = _layout(x)
+    n, c, h, w = x.shape
+    nc, hw = n * c, h * w
+    y = torch.empty_like(x)
+    acc, acc_tl = _acc(x)
+    mean = torch.empty(nc, device=x.device, dtype=acc)
+    rstd = torch.empty_like(mean)
+    has_w = weight is not None
+    wt = weight.contiguous() if has_w else x
+    bt = bias.contiguous() if has_w else x
+    sn, sc, _, sw = x.stride()
+    chunk, k, tile = _plan(nc, hw, chunk_size or None)
+    if chunk == 0:
+        block = triton.next_power_of_2(hw)
+        _fwd_fused_kernel[(nc,)](
+            x, y, wt, bt, mean, rstd, c, hw, sn, sc, sw, negative_slope, eps,
+            HAS_W=has_w, ACT=activation, BLOCK=block, ACC=acc_tl, num_warps=min(max(block // 256, 1), 8),
+        )  # fmt: skip
+        return y, mean, rstd
+    mean_part = torch.empty(nc, k, device=x.device, dtype=acc)
+    m2_part = torch.empty_like(mean_part)
+    _stats_kernel[(nc, k)](x, mean_part, m2_part, hw, c, k, sn, sc, sw, CHUNK=chunk, TILE=tile, ACC=acc_tl, num_warps=4)
+    _norm_act_kernel[(nc, k)](
+        x, y, wt, bt, mean_part, m2_part, mean, rstd, hw, c, k, sn, sc, sw, negative_slope, eps,
+        HAS_W=has_w, ACT=activation, CHUNK=chunk, TILE=tile, BLOCK_K=triton.next_power_of_2(k), ACC=acc_tl,
+        num_warps=4,
+    )  # fmt: skip
+    return y, mean, rstd
+
+
+@_in_act_fwd.register_fake
+def _(x, weight, bias, negative_slope, eps, activation, chunk_size):
+    nc = x.shape[0] * x.shape[1]
+    stats = x.new_empty(nc, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("deblurgan_kernels::in_act_bwd", mutates_args=())
+def _in_act_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    negative_slope: float,
+    eps: float,
+    activation: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dw, db); dw and db are (C,) sums in the accumulation dtype (cheap by-products without a weight)."""
+    x, fmt = _layout(x)
+    dy = dy.contiguous(memory_format=fmt)
+    n, c, h, w = x.shape
+    nc, hw = n * c, h * w
+    dx = torch.empty_like(x)
+    has_w = weight is not None
+    wt = weight.contiguous() if has_w else x
+    bt = bias.contiguous() if has_w else x
+    sn, sc, _, sw = x.stride()
+    chunk, k, tile = _plan(nc, hw, chunk_size or None)
+    acc, acc_tl = _acc(x)
+    s1 = torch.empty(nc, k, device=x.device, dtype=acc)
+    s2 = torch.empty_like(s1)
+    if chunk == 0:
+        block = triton.next_power_of_2(hw)
+        _bwd_fused_kernel[(nc,)](
+            x, dy, dx, wt, bt, mean, rstd, s1, s2, c, hw, sn, sc, sw, negative_slope,
+            HAS_W=has_w, ACT=activation, BLOCK=block, ACC=acc_tl, num_warps=min(max(block // 256, 1), 8),
+        )  # fmt: skip
+    else:
+        common = dict(HAS_W=has_w, ACT=activation, CHUNK=chunk, TILE=tile, ACC=acc_tl, num_warps=4)
+        _bwd_reduce_kernel[(nc, k)](x, dy, wt, bt, mean, rstd, s1, s2, hw, c, k, sn, sc, sw, negative_slope, **common)
+        _bwd_dx_kernel[(nc, k)](
+            x, dy, dx, wt, bt, mean, rstd, s1, s2, hw, c, k, sn, sc, sw, negative_slope,
+            BLOCK_K=triton.next_power_of_2(k), **common,
+        )  # fmt: skip
+    db = s1.view(n, c, k).sum(dim=(0, 2))
+    dw = s2.view(n, c, k).sum(dim=(0, 2))
+    return dx, dw, db
+
+
+@_in_act_bwd.register_fake
+def _(dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, chunk_size):
+    ch = x.new_empty(x.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return torch.empty_like(x), ch, torch.empty_like(ch)
+
+
+def composite_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    negative_slope: float,
+    eps: float,
+    activation: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of instance_norm_act in differentiable torch ops (fp32): (dx, dw, db)."""
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=(2, 3), unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (xf - mean) * rstd
+    dz = dy.float()
+    if weight is not None:
+        w = weight.float().view(1, -1, 1, 1)
+        z = xhat * w + bias.float().view(1, -1, 1, 1)
+    else:
+        w, z = 1.0, xhat
+    if activation:
+        dz = torch.where(z > 0, dz, dz * negative_slope)
+    g = dz * w
+    dx = rstd * (g - g.mean(dim=(2, 3), keepdim=True) - xhat * (g * xhat).mean(dim=(2, 3), keepdim=True))
+    return dx.to(x.dtype), (dz * xhat).sum(dim=(0, 2, 3)), dz.sum(dim=(0, 2, 3))
+
+
+def _fwd_setup(ctx, inputs, output):
+    x, weight, bias, negative_slope, eps, activation, chunk_size = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.args = (negative_slope, eps, activation, chunk_size)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _fwd_backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = _in_act_bwd(dy, x, weight, bias, mean, rstd, *ctx.args)
+    if weight is None:
+        return dx, None, None, None, None, None, None
+    return dx, dw.to(weight.dtype), db.to(bias.dtype), None, None, None, None
+
+
+_in_act_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
+
+
+def _bwd_setup(ctx, inputs, output):
+    dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, _ = inputs
+    ctx.save_for_backward(dy, x, weight, bias)
+    ctx.args = (negative_slope, eps, activation)
+
+
+def _bwd_backward(ctx, ddx, ddw, ddb):
+    # mean and rstd are functions of x: composite_backward recomputes them, so the x-gradient is complete
+    # and the saved statistics get none.
+    dy, x, weight, bias = ctx.saved_tensors
+    slope, eps, act = ctx.args
+    if weight is None:
+        fn = lambda dy_, x_: composite_backward(dy_, x_, None, None, slope, eps, act)
+        _, vjp = torch.func.vjp(fn, dy, x)
+        ddy, dxx = vjp((ddx, ddw, ddb))
+        return ddy, dxx, None, None, None, None, None, None, None, None
+    fn = lambda dy_, x_, w_, b_: composite_backward(dy_, x_, w_, b_, slope, eps, act)
+    _, vjp = torch.func.vjp(fn, dy, x, weight, bias)
+    ddy, dxx, dww, dbb = vjp((ddx, ddw, ddb))
+    return ddy, dxx, dww, dbb, None, None, None, None, None, None
+
+
+_in_act_bwd.register_autograd(_bwd_backward, setup_context=_bwd_setup)
+
+
+# ----------------------------------------------------------------------------------------------- public API
+def instance_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    negative_slope: float = 0.0,
+    eps: float = 1e-5,
+    activation: bool = True,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """act(instance_norm(x) * weight + bias); act = ReLU (slope 0), LeakyReLU (slope > 0), or none.
+
+    x: (N, C, H, W), NCHW or channels_last, float32/float16/bfloat16 (float64 for gradcheck).
+    Statistics are fp32 (fp64 for fp64 input). `chunk_size` forces planes to be split into chunks of that many elements
+    (rounded up to a power of two); None picks a size from the shape.
+    """
+    _check_input(x, weight, bias)
+    _check_runnable(x)
+    if x.numel() == 0:
+        raise ValueError(f"instance_norm_act got an empty tensor of shape {tuple(x.shape)}")
+    y, _, _ = _in_act_fwd(x, weight, bias, float(negative_slope), float(eps), bool(activation), chunk_size or 0)
+    return y
+
+
+def instance_norm_act_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    negative_slope: float = 0.0,
+    eps: float = 1e-5,
+    activation: bool = True,
+) -> torch.Tensor:
+    """The same function in plain PyTorch ops with fp32 statistics (what the kernels are tested against).
+
+    Unlike F.instance_norm it also accepts 1x1 planes (output act(bias), gradient zero).
+    """
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=(2, 3), unbiased=False, keepdim=True)
+    y = (xf - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight.float().view(1, -1, 1, 1) + bias.float().view(1, -1, 1, 1)
+    if activation:
+        y = torch.nn.functional.leaky_relu(y, negative_slope) if negative_slope else torch.relu(y)
+    return y.to(x.dtype)
+
+
+class InstanceNormAct(nn.Module):
+    """Drop-in for InstanceNorm2d(affine, track_running_stats=False) followed by ReLU / LeakyReLU.
+
+    Same state-dict keys as nn.InstanceNorm2d: none when affine=False, `weight` and `bias` otherwise.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        negative_slope: float = 0.0,
+        affine: bool = False,
+        eps: float = 1e-5,
+        activation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.negative_slope = float(negative_slope)
+        self.eps = eps
+        self.activation = activation
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.shape[1] != self.num_features:
+            raise ValueError(f"expected {self.num_features} channels, got input of shape {tuple(x.shape)}")
+        return instance_norm_act(x, self.weight, self.bias, self.negative_slope, self.eps, self.activation)
+
+    def extra_repr(self) -> str:
+        if not self.activation:
+            act = "none"
+        else:
+            act = "relu" if self.negative_slope == 0 else f"leaky_relu({self.negative_slope})"
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}, activation={act}"

@@ -1,0 +1,225 @@
+"""kernels.instance_norm_act vs the plain-PyTorch reference: output, dx, dw, db and second derivatives.
+
+Without CUDA the kernels run in the Triton CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+triton is imported), so the shapes here are tiny; full-size versions are marked `gpu`.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest does it too)
+
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
+
+pytest.importorskip("triton")
+
+from kernels.instance_norm_act import (  # noqa: E402
+    InstanceNormAct,
+    composite_backward,
+    instance_norm_act,
+    instance_norm_act_reference,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (shape, chunk_size): chunk_size None = the automatic plan
+SHAPES = [
+    ((2, 3, 5, 7), None),  # odd H and W, batch > 1: one program per plane (fused path)
+    ((1, 2, 1, 1), None),  # 1x1 planes: variance 0, y = act(bias), dx = 0
+    ((1, 2, 70, 70), 512),  # a 4900-element plane forced over 10 chunks: partial stats + combine
+    ((2, 3, 33, 17), 128),  # odd plane over 5 chunks with a partial last chunk, batch > 1
+    ((1, 1, 1, 4097), None),  # just above FUSED_MAX: the automatic chunked plan
+]
+# (dtype, atol, rtol) for y and dx; dw, db are fp32 sums and use the same bounds scaled by the plane size
+DTYPES = [
+    (torch.float32, 1e-5, 1e-4),
+    (torch.float16, 1e-2, 1e-2),
+    (torch.bfloat16, 6e-2, 2e-2),
+]
+# (affine, negative_slope, activation): the generator's IN+ReLU and bare IN, the critic's IN+LeakyReLU(0.2)
+CONFIGS = [(False, 0.0, True), (False, 0.0, False), (True, 0.2, True)]
+
+
+def _inputs(shape, dtype, affine, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g) * 2 + 0.5).to(DEVICE, dtype).requires_grad_(True)
+    w = (torch.rand(c, generator=g) + 0.5).to(DEVICE).requires_grad_(True) if affine else None
+    b = torch.randn(c, generator=g).to(DEVICE).requires_grad_(True) if affine else None
+    dy = torch.randn(shape, generator=g).to(DEVICE, dtype)
+    return x, w, b, dy
+
+
+def _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act, memory_format=None):
+    x, w, b, dy = _inputs(shape, dtype, affine)
+    if memory_format is not None:
+        x = x.detach().to(memory_format=memory_format).requires_grad_(True)
+    y = instance_norm_act(x, w, b, slope, 1e-5, act, chunk_size=chunk)
+    assert y.dtype == dtype and y.shape == x.shape
+    # the reference sees the same (rounded) input, computed in fp32
+    xr = x.detach().float().requires_grad_(True)
+    wr = w.detach().clone().requires_grad_(True) if affine else None
+    br = b.detach().clone().requires_grad_(True) if affine else None
+    yr = instance_norm_act_reference(xr, wr, br, slope, 1e-5, act)
+    torch.testing.assert_close(y.float(), yr, atol=atol, rtol=rtol)
+    grads = torch.autograd.grad(y, [x] + ([w, b] if affine else []), dy)
+    grads_r = torch.autograd.grad(yr, [xr] + ([wr, br] if affine else []), dy.float())
+    assert grads[0].dtype == dtype
+    torch.testing.assert_close(grads[0].float(), grads_r[0], atol=atol, rtol=rtol)
+    hw = shape[2] * shape[3] * shape[0]
+    for g, gr in zip(grads[1:], grads_r[1:], strict=True):
+        torch.testing.assert_close(g, gr, atol=atol * hw**0.5, rtol=rtol)
+    return y
+
+
+@pytest.mark.parametrize("affine,slope,act", CONFIGS)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape,chunk", SHAPES, ids=[f"{s}-chunk{c}" for s, c in SHAPES])
+def test_forward_backward_matches_reference(shape, chunk, dtype, atol, rtol, affine, slope, act):
+    _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act)
+
+
+@pytest.mark.parametrize("chunk", [None, 8])  # one program per plane / 4 chunks per plane
+def test_channels_last(chunk):
+    y = _check_against_reference((2, 3, 6, 5), chunk, torch.float32, 1e-5, 1e-4, True, 0.2, True, torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_matches_torch_modules():
+    """Same numbers as nn.InstanceNorm2d + nn.LeakyReLU, the layers it replaces."""
+    x = torch.randn(2, 4, 9, 6, device=DEVICE) * 3 - 1
+    ref = nn.Sequential(nn.InstanceNorm2d(4), nn.LeakyReLU(0.2))
+    torch.testing.assert_close(InstanceNormAct(4, 0.2)(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+def test_large_mean_is_stable():
+    """A large offset must not wreck the variance (no E[x^2] - E[x]^2 cancellation), also across chunks."""
+    x = torch.randn(1, 2, 40, 40, device=DEVICE, dtype=torch.float64).float() + 1e4
+    ref = instance_norm_act_reference(x.double(), activation=False).float()
+    for chunk in (None, 256):
+        y = instance_norm_act(x, activation=False, chunk_size=chunk)
+        torch.testing.assert_close(y, ref, atol=2e-3, rtol=1e-3)
+
+
+# gradgradcheck cases in float64: (shape, chunk_size, affine, slope, activation, fast_mode)
+GRADGRAD_CASES = [
+    ((1, 2, 3, 4), None, False, 0.0, True, False),  # fused path, ReLU
+    ((2, 1, 3, 3), None, True, 0.2, True, False),  # fused path, affine, LeakyReLU
+    # chunked path (4 chunks, the last one partial); fast mode (random projections) keeps the interpreter quick
+    ((1, 1, 3, 5), 4, True, 0.2, True, True),
+    ((1, 1, 3, 5), 4, False, 0.0, False, True),
+]
+
+
+@pytest.mark.parametrize("shape,chunk,affine,slope,act,fast", GRADGRAD_CASES)
+def test_gradcheck_and_gradgradcheck_float64(shape, chunk, affine, slope, act, fast):
+    x, w, b, _ = _inputs(shape, torch.float64, affine, seed=1)
+    if affine:
+        w = w.detach().double().requires_grad_(True)
+        b = b.detach().double().requires_grad_(True)
+        fn = lambda x_, w_, b_: instance_norm_act(x_, w_, b_, slope, 1e-5, act, chunk)
+        args = (x, w, b)
+    else:
+        fn = lambda x_: instance_norm_act(x_, None, None, slope, 1e-5, act, chunk)
+        args = (x,)
+    assert torch.autograd.gradcheck(fn, args, atol=1e-6, rtol=1e-4, fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, args, atol=1e-6, rtol=1e-4, fast_mode=fast)
+
+
+@pytest.mark.parametrize("chunk", [None, 16])
+def test_second_derivatives_match_reference_fp32(chunk):
+    """d/d(x, dy, w, b) of <dx, v> and of <dw, u>: what the WGAN-GP double backward needs."""
+    shape = (2, 3, 7, 9)
+    x, w, b, dy = _inputs(shape, torch.float32, True, seed=2)
+    dy.requires_grad_(True)
+    v = torch.randn(shape, device=DEVICE)
+    u = torch.randn(shape[1], device=DEVICE)
+
+    def second(f):
+        y = f(x, w, b, 0.2, 1e-5, True)
+        gx, gw, _ = torch.autograd.grad(y, [x, w, b], dy, create_graph=True)
+        return torch.autograd.grad((gx * v).sum() + (gw * u).sum(), [x, dy, w, b])
+
+    fused = second(lambda *a: instance_norm_act(*a, chunk_size=chunk))
+    ref = second(instance_norm_act_reference)
+    for a, r in zip(fused, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=2e-4, rtol=1e-3)
+
+
+def test_composite_backward_is_the_backward():
+    x, w, b, dy = _inputs((2, 3, 4, 5), torch.float32, True, seed=3)
+    yr = instance_norm_act_reference(x, w, b, 0.2)
+    expected = torch.autograd.grad(yr, [x, w, b], dy)
+    for a, r in zip(composite_backward(dy, x, w, b, 0.2, 1e-5, True), expected, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
+
+
+def test_module_state_dict_matches_instance_norm2d():
+    assert InstanceNormAct(8).state_dict().keys() == nn.InstanceNorm2d(8).state_dict().keys() == set()
+    assert list(InstanceNormAct(8).parameters()) == []
+    ref = nn.InstanceNorm2d(8, affine=True)
+    nn.init.normal_(ref.weight)
+    nn.init.normal_(ref.bias)
+    mod = InstanceNormAct(8, affine=True, activation=False)
+    mod.load_state_dict(ref.state_dict())  # strict: same keys and shapes
+    x = torch.randn(2, 8, 5, 5, device=DEVICE)
+    torch.testing.assert_close(mod.to(DEVICE)(x), ref.to(DEVICE)(x), atol=1e-5, rtol=1e-4)
+
+
+def test_compile_traces_without_graph_breaks():
+    """The ops are torch.library custom ops with fake kernels: fullgraph tracing (fwd + bwd) must succeed."""
+    x = torch.randn(2, 3, 5, 6, device=DEVICE, requires_grad=True)
+    fn = lambda t: instance_norm_act(t * 2.0, negative_slope=0.2).sum()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    (g,) = torch.autograd.grad(out, x)
+    out_r = instance_norm_act_reference(x * 2.0, negative_slope=0.2).sum()
+    (g_r,) = torch.autograd.grad(out_r, x)
+    torch.testing.assert_close(out, out_r, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(g, g_r, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: (torch.randn(3, 4, 4),), ValueError, "N, C, H, W"),
+        (lambda: (torch.randint(0, 5, (1, 2, 3, 3)),), TypeError, "float"),
+        (lambda: (torch.randn(1, 2, 3, 3), torch.ones(3), torch.zeros(3)), ValueError, "shape"),
+        (lambda: (torch.randn(1, 2, 3, 3), torch.ones(2), None), ValueError, "both"),
+        (lambda: (torch.randn(0, 2, 3, 3),), ValueError, "empty"),
+    ],
+    ids=["rank3", "int", "weight-shape", "weight-no-bias", "empty"],
+)
+def test_bad_input_gives_clear_errors(make, exc, match):
+    args = [a.to(DEVICE) if a is not None else None for a in make()]
+    with pytest.raises(exc, match=match):
+        instance_norm_act(*args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        instance_norm_act(torch.randn(1, 2, 3, 3))
+
+
+# ----------------------------------------------------------------------------------------------- full size, GPU
+GPU_SHAPES = [(1, 64, 720, 1280), (1, 256, 180, 320), (16, 256, 64, 64), (4, 128, 32, 32)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("affine,slope,act", CONFIGS)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES, ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+def test_full_size_gpu(shape, dtype, atol, rtol, affine, slope, act):
+    _check_against_reference(shape, None, dtype, atol, rtol, affine, slope, act)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_size_gpu_channels_last():
+    _check_against_reference((1, 64, 360, 640), None, torch.float16, 1e-2, 1e-2, False, 0.0, True, torch.channels_last)
