@@ -83,6 +83,11 @@ class Results:
         row = self.calibration("copy")
         return row.extra.get("gbps") if row else None
 
+    @property
+    def matmul_tflops(self) -> float | None:
+        row = self.calibration("matmul")
+        return row.extra.get("tflops") if row else None
+
 
 def _shape_str(shape: Any) -> str:
     if isinstance(shape, (list, tuple)):
@@ -255,9 +260,12 @@ def section_models(res: Results) -> list[str]:
                 r.shape,
                 fmt_ms(r.ms_per_item),
                 fmt_x(ratio),
+                f"{r.extra['tflops']:.2f}" if r.extra.get("tflops") else "-",
             ]
         )
-    lines += _table(["method", "params", "GFLOP / 720p frame", "input", "ms / frame", "speed-up vs DeepDeblur"], body)
+    lines += _table(
+        ["method", "params", "GFLOP / 720p frame", "input", "ms / frame", "speed-up vs DeepDeblur", "TFLOP/s"], body
+    )
     full = all(r.extra.get("full_size", r.shape.endswith("720×1280")) for r in rows)
     lines += [
         "",
@@ -273,16 +281,18 @@ def section_models(res: Results) -> list[str]:
     return lines + [""]
 
 
-def _generic_rows(res: Results, rows: Sequence[Row], with_bw: bool) -> list[list[str]]:
-    copy = res.copy_gbps
+def _generic_rows(res: Results, rows: Sequence[Row], with_bw: bool, with_tf: bool) -> list[list[str]]:
+    copy, peak = res.copy_gbps, res.matmul_tflops
     body = []
     for r in sorted(rows, key=lambda r: (r.case, r.shape, r.dtype, r.backend)):
-        gbps = r.extra.get("gbps")
+        gbps, tflops = r.extra.get("gbps"), r.extra.get("tflops")
         cells = [r.case, r.shape, r.dtype, r.backend, fmt_ms(r.ms)]
         if r.items > 1:
             cells[-1] += f" ({fmt_ms(r.ms_per_item)} / item, {1e3 / r.ms_per_item:.4g} items/s)"
         if with_bw:
             cells += [f"{gbps:.0f}" if gbps else "-", f"{100 * gbps / copy:.0f} %" if gbps and copy else "-"]
+        if with_tf:
+            cells += [f"{tflops:.2f}" if tflops else "-", f"{100 * tflops / peak:.0f} %" if tflops and peak else "-"]
         cells += [fmt_x(_speedup(r, rows, b)) if r.backend != b else "1.00×" for b in BASELINES]
         body.append(cells)
     return body
@@ -295,11 +305,14 @@ def section_group(res: Results, group: str) -> list[str]:
     if not rows:
         return lines + [f"Not measured in this run (no `{group}` benchmarks).", ""]
     with_bw = any(r.extra.get("gbps") for r in rows)
+    with_tf = any(r.extra.get("tflops") for r in rows)
     header = ["case", "shape", "dtype", "backend", "ms"]
     if with_bw:
         header += ["GB/s", "% of copy BW"]
+    if with_tf:
+        header += ["TFLOP/s", "% of matmul peak"]
     header += ["vs eager", "vs compile"]
-    lines += _table(header, _generic_rows(res, rows, with_bw))
+    lines += _table(header, _generic_rows(res, rows, with_bw, with_tf))
     missing = [b for b in EXPECTED.get(group, []) if not any(r.backend == b for r in rows)]
     lines += ["", "ms = median per call (CUDA events on GPU). vs X = X's ms / this row's ms, same case, shape, dtype."]
     if missing:

@@ -201,6 +201,8 @@ def _synthetic(gpu: bool = True) -> dict:
             shape=s720,
             dtype="float32",
             full_size=True,
+            tflops=69.68,
+            tf32_convs=True,
         ),
         _bench(
             "test_dd",
@@ -291,8 +293,8 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md
     assert "4000 GB/s" in md and "700.0 TFLOP/s" in md
     # device_ms wins over the host median; DeepDeblur 80 ms / DeblurGAN 20 ms = 4x
-    assert "| DeblurGAN (eager, float32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× |" in md
-    assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× |" in md
+    assert "| DeblurGAN (eager, float32/TF32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.68 |" in md
+    assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× | - |" in md
     assert "| DeblurGAN (eager, float32, b8) | 11.38 M | 1394 | 8×3×720×1280 | 10.0 | 8.00× |" in md  # per frame
     assert "tiny stand-ins" not in md
     # kernels: triton 0.5 ms vs eager 2 ms and compile 1 ms; 3000 / 4000 GB/s = 75 %
