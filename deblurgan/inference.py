@@ -421,11 +421,10 @@ class Deblurrer:
             margin = min(margin_needed, max((overlap - 1) // 2, 0))
         else:
             margin = overlap // 4
-        if tile < 2 * overlap:
-            if self.tile is None:
-                tile = 2 * overlap + 8
-            else:
-                raise DeblurGANError(f"tile {tile} is too small for an overlap of {overlap} px (use >= {2 * overlap})")
+        if tile < overlap + 8:
+            if self.tile is not None:
+                raise DeblurGANError(f"tile {tile} is too small for an overlap of {overlap} px (use >= {overlap + 8})")
+            tile = 2 * overlap + 8  # automatic: spend at most half of each window on overlap
         return TilePlan(height, width, tile, overlap, margin)
 
     # -- internals
