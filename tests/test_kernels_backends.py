@@ -1,0 +1,142 @@
+"""The kernels backend switch: generator and critic built with 'torch' and 'triton' agree (outputs, gradients,
+state dicts, a few WGAN-GP training steps). CPU runs use the Triton interpreter, so the networks are tiny."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest does it too)
+
+import pytest  # noqa: E402
+from torch import nn  # noqa: E402
+
+pytest.importorskip("triton")
+
+from deblurgan.config import CriticConfig, GeneratorConfig  # noqa: E402
+from deblurgan.layers import resolve_backend  # noqa: E402
+from deblurgan.networks import Critic, Generator  # noqa: E402
+from kernels.gradient_penalty import gradient_penalty, gradient_penalty_reference  # noqa: E402
+from kernels.instance_norm_act import InstanceNormAct  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GEN = dict(ngf=4, n_blocks=2, dropout=0.0)  # dropout off: both backends must see the same network
+CRIT = dict(ndf=4, n_layers=2)
+
+
+def _pair(cls, cfg_cls, **cfg):
+    """(torch-backend module, triton-backend module) with identical weights."""
+    torch.manual_seed(0)
+    ref = cls(cfg_cls(kernels="torch", **cfg)).to(DEVICE)
+    with torch.no_grad():  # larger than the 0.02 init so that differences would show
+        for p in ref.parameters():
+            p.normal_(0.0, 0.2)
+    fused = cls(cfg_cls(kernels="triton", **cfg)).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())  # strict: checkpoints are interchangeable
+    return ref, fused
+
+
+def _assert_close_scaled(a, b, rel=1e-4):
+    scale = max(t.abs().max().item() for t in b)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, atol=rel * scale, rtol=1e-3)
+
+
+def test_resolve_backend(monkeypatch):
+    assert resolve_backend("torch") == "torch"
+    assert resolve_backend("triton") == "triton"
+    assert resolve_backend("auto", "cuda") == "triton"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert resolve_backend("auto", "cpu") == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("auto", "cpu") == "triton"
+
+
+def test_fused_layers_replace_every_instance_norm():
+    _, gen = _pair(Generator, GeneratorConfig, **GEN)
+    _, crit = _pair(Critic, CriticConfig, **CRIT)
+    # generator: 3 before the blocks, 2 per block, 2 after; critic: one per layer after the first
+    assert sum(isinstance(m, InstanceNormAct) for m in gen.modules()) == 3 + 2 * GEN["n_blocks"] + 2
+    assert sum(isinstance(m, InstanceNormAct) for m in crit.modules()) == CRIT["n_layers"]
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in [*gen.modules(), *crit.modules()])
+
+
+@pytest.mark.parametrize(
+    "cls,cfg_cls,cfg,size", [(Generator, GeneratorConfig, GEN, 16), (Critic, CriticConfig, CRIT, 24)]
+)
+def test_same_outputs_and_gradients(cls, cfg_cls, cfg, size):
+    ref, fused = _pair(cls, cfg_cls, **cfg)
+    assert ref.state_dict().keys() == fused.state_dict().keys()
+    x = torch.rand(2, 3, size, size, device=DEVICE) * 2 - 1
+    out_ref, out = ref(x), fused(x)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-4)
+    dy = torch.randn_like(out)
+    g_ref = torch.autograd.grad(out_ref, list(ref.parameters()), dy)
+    g = torch.autograd.grad(out, list(fused.parameters()), dy)
+    _assert_close_scaled(g, g_ref)
+
+
+def test_training_steps_agree():
+    """Three WGAN-GP steps (critic with GP, then generator) with Adam: both backends track each other."""
+    g_ref, g_fused = _pair(Generator, GeneratorConfig, **GEN)
+    d_ref, d_fused = _pair(Critic, CriticConfig, **CRIT)
+    runs = {
+        "torch": (g_ref, d_ref, gradient_penalty_reference),
+        "triton": (g_fused, d_fused, gradient_penalty),
+    }
+    torch.manual_seed(1)
+    batches = [(torch.rand(2, 3, 16, 16, device=DEVICE) * 2 - 1, torch.rand(2, 3, 16, 16, device=DEVICE) * 2 - 1)]
+    batches *= 3
+    eps = torch.rand(2, 1, 1, 1, device=DEVICE)
+    losses = {}
+    for name, (gen, crit, gp_fn) in runs.items():
+        opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(crit.parameters(), lr=1e-3, betas=(0.5, 0.999))
+        losses[name] = []
+        for blurred, sharp in batches:
+            fake = gen(blurred)
+            loss_d = (
+                crit(fake.detach()).mean() - crit(sharp).mean() + gp_fn(crit, sharp, fake.detach(), 10.0, "sample", eps)
+            )
+            opt_d.zero_grad()
+            loss_d.backward()
+            opt_d.step()
+            loss_g = -crit(fake).mean() + 100 * (fake - sharp).abs().mean()
+            opt_g.zero_grad()
+            loss_g.backward()
+            opt_g.step()
+            losses[name].append(torch.stack([loss_d.detach(), loss_g.detach()]))
+        losses[name].append(torch.cat([gen(batches[0][0]).flatten(), crit(batches[0][1]).flatten()]).detach())
+    # Conv biases right before an IN get ~1e-9 noise gradients that Adam amplifies to full steps; they do not
+    # change any output (IN removes them), so the comparison is on losses and outputs, not on raw weights.
+    for a, b in zip(losses["triton"], losses["torch"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_checkpoint_roundtrip_between_backends(tmp_path):
+    from deblurgan.checkpoint import load_generator, save_generator
+
+    ref, _ = _pair(Generator, GeneratorConfig, **GEN)
+    path = save_generator(ref, tmp_path / "g.pt")
+    fused = load_generator(path, kernels="triton").to(DEVICE)
+    assert any(isinstance(m, InstanceNormAct) for m in fused.modules())
+    x = torch.rand(1, 3, 16, 16, device=DEVICE) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_size_networks_gpu():
+    """The authors' generator (11.4 M params) and critic at 256x256, both backends."""
+    for cls, cfg_cls, cfg in [(Generator, GeneratorConfig, dict(dropout=0.0)), (Critic, CriticConfig, {})]:
+        ref, fused = _pair(cls, cfg_cls, **cfg)
+        x = torch.rand(2, 3, 256, 256, device=DEVICE) * 2 - 1
+        out_ref, out = ref(x), fused(x)
+        torch.testing.assert_close(out, out_ref, atol=1e-4, rtol=1e-3)
+        dy = torch.randn_like(out)
+        _assert_close_scaled(
+            torch.autograd.grad(out, list(fused.parameters()), dy),
+            torch.autograd.grad(out_ref, list(ref.parameters()), dy),
+            rel=1e-3,
+        )
