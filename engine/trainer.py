@@ -8,6 +8,7 @@ needed to resume bit-for-bit on the same hardware: models, optimizers, scheduler
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import math
@@ -404,7 +405,7 @@ class Trainer:
         """The model used for validation/export: the EMA weights when enabled, else the generator."""
         if self.ema is None:
             return self.gen, "generator"
-        model = Generator(self.gen.config).to(self.device)
+        model = copy.deepcopy(self.gen)  # not Generator(...): its init would consume the global RNG
         model.load_state_dict(self.ema.state_dict())
         return model, "ema"
 
