@@ -1,0 +1,212 @@
+"""`python -m engine.deblur`: folders, modes, bad files, outputs never overwrite inputs, video, backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deblurgan import Generator, GeneratorConfig
+from deblurgan.checkpoint import save_generator
+from deblurgan.inference import Deblurrer
+from deblurgan.io import read_image, write_image
+from engine.deblur import main
+
+RNG = np.random.default_rng(5)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=1))
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0, 0.2)
+    return save_generator(g, tmp_path_factory.mktemp("ck") / "g.pt")
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    src = tmp_path / "in"
+    write_image(src / "rgb.png", RNG.integers(0, 256, (21, 33, 3), dtype=np.uint8))
+    write_image(src / "photo.jpg", RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    write_image(src / "sub" / "gray.png", RNG.integers(0, 256, (17, 9), dtype=np.uint8))
+    write_image(src / "sub" / "rgba.png", RNG.integers(0, 256, (12, 15, 4), dtype=np.uint8))
+    write_image(src / "sub" / "deep" / "c16.png", RNG.integers(0, 65536, (13, 11, 3), dtype=np.uint16))
+    (src / "notes.txt").write_text("ignored: not an image")
+    return src
+
+
+def test_folder_mirrors_and_keeps_modes(ckpt, inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(inputs), "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
+    expected = ["photo.jpg", "rgb.png", "sub/deep/c16.png", "sub/gray.png", "sub/rgba.png"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == expected
+    d = Deblurrer(ckpt)
+    for rel in expected:
+        src, dst = read_image(inputs / rel), read_image(out / rel)
+        assert src.shape == dst.shape and src.dtype == dst.dtype, rel
+        if rel.endswith(".png"):  # lossless: exactly what the API gives
+            np.testing.assert_array_equal(dst, d.deblur(src))
+    assert "deblurred 5 of 5" in capsys.readouterr().err
+
+
+def test_bad_files_are_skipped_and_exit_code_1(ckpt, inputs, tmp_path, capsys):
+    (inputs / "text.png").write_text("not a png")
+    good = inputs / "rgb.png"
+    trunc = inputs / "trunc.png"
+    trunc.write_bytes(good.read_bytes()[:60])
+    missing = tmp_path / "missing.png"
+    code = main([str(inputs), str(missing), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert code == 1
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 3, err
+    assert any("text.png: not an image" in s for s in skipped)
+    assert any("trunc.png" in s for s in skipped) and any("missing.png: file not found" in s for s in skipped)
+    assert "Traceback" not in err
+    assert (tmp_path / "o" / "rgb.png").is_file()  # the rest was done
+
+
+def test_suffix_ext_side_by_side(ckpt, inputs, tmp_path):
+    out = tmp_path / "o"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--suffix", "_d", "--ext", "png", "--side-by-side"]
+    assert main([str(inputs / "rgb.png"), str(inputs / "photo.jpg"), *args, "--device", "cpu"]) == 0
+    sbs = read_image(out / "rgb_d.png")
+    src = read_image(inputs / "rgb.png")
+    assert sbs.shape == (21, 66, 3)
+    np.testing.assert_array_equal(sbs[:, :33], src)
+    np.testing.assert_array_equal(sbs[:, 33:], Deblurrer(ckpt).deblur(src))
+    assert (out / "photo_d.png").is_file()
+
+
+def test_never_overwrites_inputs(ckpt, inputs, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()}
+    assert main([str(inputs), "--checkpoint", str(ckpt), "--out", str(inputs)]) == 2
+    assert "input folder" in capsys.readouterr().err
+    # a file whose output path is itself
+    assert main([str(inputs / "rgb.png"), "--checkpoint", str(ckpt), "--out", str(inputs)]) == 2
+    assert "overwrite an input" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()} == before
+    # with a suffix the same folder is fine, and earlier outputs inside --out are not re-read
+    assert main([str(inputs / "rgb.png"), "--checkpoint", str(ckpt), "--out", str(inputs), "--suffix", "_d"]) == 0
+    assert (inputs / "rgb_d.png").is_file()
+
+
+def test_usage_errors_exit_2_with_one_line(ckpt, inputs, tmp_path, capsys):
+    cases = [
+        ["--checkpoint", str(tmp_path / "nope.pt")],
+        [],  # no checkpoint
+        ["--checkpoint", str(ckpt), "--tile", "30"],
+        ["--checkpoint", str(ckpt), "--fp16", "--device", "cpu"],
+        ["--backend", "onnx"],  # no model
+    ]
+    for extra in cases:
+        assert main([str(inputs), "--out", str(tmp_path / "o"), *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), (extra, err)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_module_entry_point_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    r = subprocess.run(
+        [sys.executable, "-m", "engine.deblur", str(tmp_path), "--checkpoint", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_tile_option_matches_untiled(ckpt, tmp_path):
+    img = RNG.integers(0, 256, (90, 150, 3), dtype=np.uint8)
+    write_image(tmp_path / "big.png", img)
+    main([str(tmp_path / "big.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), "--device", "cpu"])
+    main([str(tmp_path / "big.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--tile", "96"])
+    a, b = read_image(tmp_path / "a" / "big.png"), read_image(tmp_path / "b" / "big.png")
+    assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def _video(path: Path, n: int = 5, h: int = 24, w: int = 32, fps: int = 12) -> list[np.ndarray]:
+    from deblurgan.video import VideoWriter
+
+    frames = []
+    y, x = np.mgrid[0:h, 0:w]
+    with VideoWriter(path, fps, w, h) as vw:
+        for t in range(n):
+            f = np.stack([127 + 100 * np.sin(x / 4 + t), 127 + 100 * np.cos(y / 3 - t), (x + y) * 4 % 256], 2)
+            frames.append(f.astype(np.uint8))
+            vw.write(frames[-1])
+    return frames
+
+
+def test_video_to_video_and_frames(ckpt, tmp_path):
+    pytest.importorskip("av")
+    from deblurgan.video import VideoReader
+
+    _video(tmp_path / "in" / "clip.mp4")
+    out = tmp_path / "out"
+    base = ["--checkpoint", str(ckpt), "--device", "cpu", "--batch-size", "2"]
+    assert main([str(tmp_path / "in"), "--out", str(out), *base]) == 0
+    with VideoReader(out / "clip.mp4") as r:
+        assert r.fps == 12 and (r.width, r.height) == (32, 24) and len(list(r)) == 5
+    assert main([str(tmp_path / "in" / "clip.mp4"), "--out", str(out), "--frames", "--side-by-side", *base]) == 0
+    frames = sorted((out / "clip").glob("*.png"))
+    assert [f.name for f in frames] == [f"frame_{i:06d}.png" for i in range(1, 6)]
+    with VideoReader(tmp_path / "in" / "clip.mp4") as r:
+        decoded = list(r)
+    d = Deblurrer(ckpt)
+    for f, src in zip(frames, decoded, strict=True):  # frames are the deblurred decoded frames, in order
+        np.testing.assert_array_equal(read_image(f), np.concatenate([src, d.deblur(src)], axis=1))
+
+
+def test_corrupt_video_skipped(ckpt, tmp_path, capsys):
+    pytest.importorskip("av")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.mp4").write_bytes(os.urandom(2000))
+    write_image(tmp_path / "in" / "ok.png", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert main([str(tmp_path / "in"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]) == 1
+    assert "skipped" in capsys.readouterr().err and not (tmp_path / "o" / "broken.mp4").exists()
+
+
+@pytest.mark.slow
+def test_onnx_backend_same_result(ckpt, tmp_path):
+    """The ONNX artifact goes through the same padding/tiling; results equal torch within 1 level."""
+    pytest.importorskip("onnxruntime")
+    export_onnx = pytest.importorskip("export.onnx")
+    onnx_path = export_onnx.export_checkpoint(ckpt, tmp_path / "g.onnx")
+    img = RNG.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    write_image(tmp_path / "x.png", img)
+    assert (
+        main([str(tmp_path / "x.png"), "--backend", "onnx", "--model", str(onnx_path), "--out", str(tmp_path / "o")])
+        == 0
+    )
+    got = read_image(tmp_path / "o" / "x.png").astype(int)
+    assert np.abs(got - Deblurrer(ckpt).deblur(img)).max() <= 1
+    args = [
+        "--backend",
+        "onnx",
+        "--model",
+        str(onnx_path),
+        "--tile",
+        "32",
+        "--overlap",
+        "8",
+        "--out",
+        str(tmp_path / "t"),
+    ]
+    assert main([str(tmp_path / "x.png"), *args]) == 0  # per-tile statistics: runs, approximate
+    assert read_image(tmp_path / "t" / "x.png").shape == img.shape
