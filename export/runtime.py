@@ -7,6 +7,8 @@ Pre/post-processing, padding and tiling belong to `deblurgan.inference.Deblurrer
 
     runner = load_runner("deblurgan.onnx", backend="onnx")
     y = runner(x)
+
+Runners: `TorchRunner` (from deblurgan.inference), `OnnxRunner`, `AOTIRunner`, `TensorRTRunner`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from deblurgan.checkpoint import load_generator
 from deblurgan.errors import DeblurGANError
-from deblurgan.networks import Generator
+from deblurgan.inference import TorchRunner  # the eager runner lives with the Deblurrer
+
+__all__ = ["AOTIRunner", "OnnxRunner", "Runner", "TensorRTRunner", "TorchRunner", "load_runner"]
 
 BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
 SUFFIXES = {
@@ -54,27 +57,6 @@ def check_input(x: torch.Tensor, runner: Runner) -> None:
         raise DeblurGANError(f"{runner.name}: H and W must be multiples of 4 and >= 8, got {h}x{w} (pad first)")
     if runner.max_batch is not None and x.shape[0] > runner.max_batch:
         raise DeblurGANError(f"{runner.name}: batch {x.shape[0]} > max_batch {runner.max_batch}")
-
-
-class TorchRunner:
-    """Eager PyTorch; `fp16=True` runs CUDA autocast (instance norm stays fp32 under autocast)."""
-
-    def __init__(self, generator: Generator, device: str | torch.device = "cpu", fp16: bool = False) -> None:
-        self.device = torch.device(device)
-        if fp16 and self.device.type != "cuda":
-            raise DeblurGANError("fp16 inference needs a CUDA device (use fp32 on CPU)")
-        self.generator = generator.eval().to(self.device)
-        self.fp16 = fp16
-        self.dtype = torch.float32
-        self.max_batch: int | None = None
-        self.name = "torch-fp16" if fp16 else "torch"
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-            y = self.generator(x)
-        return y.float()
 
 
 class OnnxRunner:
@@ -298,7 +280,10 @@ def detect_backend(path: str | os.PathLike) -> str:
 
 
 def load_runner(
-    path_or_checkpoint: str | os.PathLike, backend: str = "auto", device: str = "cpu", fp16: bool = False
+    path_or_checkpoint: str | os.PathLike,
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+    fp16: bool = False,
 ) -> Runner:
     """Open any artifact as a runner; every failure is a one-line DeblurGANError."""
     path = Path(path_or_checkpoint)
@@ -310,9 +295,9 @@ def load_runner(
         raise DeblurGANError(f"{backend} model not found: {path}")
     found = _suffix_backend(path)
     if found is not None and found != backend:
-        raise DeblurGANError(f"{path} is a {found} artifact, not {backend}: use --backend {found}")
+        raise DeblurGANError(f"{path} is a file for the {found} backend, not {backend}: use --backend {found}")
     if backend == "torch":
-        return TorchRunner(load_generator(path, map_location="cpu"), device=device, fp16=fp16)
+        return TorchRunner.from_checkpoint(path, device=device, fp16=fp16)
     if fp16:
         raise DeblurGANError(f"--fp16 applies to the torch backend; a {backend} artifact's precision is set at export")
     if backend == "onnx":
@@ -320,7 +305,7 @@ def load_runner(
         return OnnxRunner(path, device=device)
     if backend == "aoti":
         return AOTIRunner(path, device=device)
-    return TensorRTRunner(path, device="cuda" if device == "cpu" else device)
+    return TensorRTRunner(path, device="cuda" if torch.device(device).type == "cpu" else device)
 
 
 def _suffix_backend(path: Path) -> str | None:

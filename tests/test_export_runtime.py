@@ -1,0 +1,84 @@
+"""load_runner: backend detection, one-line errors, and every runner through the same Deblurrer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deblurgan import Generator, GeneratorConfig
+from deblurgan.checkpoint import save_generator
+from deblurgan.errors import DeblurGANError
+from deblurgan.inference import Deblurrer
+from export.onnx import OnnxExporter
+from export.runtime import OnnxRunner, Runner, TorchRunner, check_input, detect_backend, load_runner
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runtime")
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=1))
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ckpt = save_generator(g, d / "g.pth")
+    onnx_path = OnnxExporter(g.eval()).export(d / "g.onnx")
+    return ckpt, onnx_path
+
+
+def test_detect_backend():
+    assert detect_backend("a/b.onnx") == "onnx" and detect_backend("m.PT2") == "aoti"
+    assert detect_backend("x.engine") == "tensorrt" and detect_backend("latest_net_G.pth") == "torch"
+    with pytest.raises(DeblurGANError, match="pass --backend"):
+        detect_backend("model.bin")
+
+
+def test_runners_follow_the_interface(artifacts):
+    ckpt, onnx_path = artifacts
+    torch_runner = load_runner(ckpt, "auto")
+    onnx_runner = load_runner(onnx_path, "onnx", device=torch.device("cpu"))
+    assert isinstance(torch_runner, TorchRunner) and isinstance(onnx_runner, OnnxRunner)
+    x = torch.rand(2, 3, 36, 52, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for r in (torch_runner, onnx_runner):
+        assert isinstance(r, Runner) and r.device == torch.device("cpu") and r.dtype == torch.float32
+    assert (onnx_runner(x) - torch_runner(x)).abs().max().item() <= 1e-4
+
+
+def test_load_runner_errors(artifacts, tmp_path):
+    ckpt, onnx_path = artifacts
+    cases = [
+        ((tmp_path / "missing.onnx", "onnx"), "not found"),
+        ((onnx_path, "aoti"), "for the onnx backend, not aoti: use --backend onnx"),
+        ((ckpt, "onnx"), "for the torch backend"),
+        ((onnx_path, "caffe"), "unknown backend"),
+    ]
+    for (path, backend), msg in cases:
+        with pytest.raises(DeblurGANError, match=msg):
+            load_runner(path, backend)
+    with pytest.raises(DeblurGANError, match="precision is set at export"):
+        load_runner(onnx_path, "onnx", fp16=True)
+    with pytest.raises(DeblurGANError, match="CUDA"):
+        load_runner(ckpt, "torch", fp16=True)  # fp16 eager needs CUDA
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    with pytest.raises(DeblurGANError, match="not a loadable ONNX model"):
+        load_runner(junk, "onnx")
+
+
+def test_check_input_rejects_bad_shapes(artifacts):
+    runner = load_runner(artifacts[1], "onnx")
+    for shape in [(1, 3, 30, 32), (1, 1, 32, 32), (3, 32, 32), (1, 3, 4, 4)]:
+        with pytest.raises(DeblurGANError):
+            check_input(torch.zeros(shape), runner)
+
+
+def test_deblurrer_gives_same_image_with_onnx_runner(artifacts):
+    """The same padding / conversion path: an odd-sized uint8 image through both backends."""
+    ckpt, onnx_path = artifacts
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    ref = Deblurrer(ckpt, tile_stats="tile").deblur(image)
+    got = Deblurrer(runner=load_runner(onnx_path, "onnx"), tile_stats="tile").deblur(image)
+    assert got.shape == ref.shape == image.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - image.astype(int)).mean() > 1  # the model did something
