@@ -32,9 +32,10 @@ EXPECTED = {
     "kernels": ["eager", "compile", "triton"],
     "inference": ["eager", "compile", "aoti", "onnxruntime", "tensorrt"],
     "train": ["eager", "engine"],
-    "data": ["reference", "engine"],
+    "data": ["reference"],
 }
-BASELINES = ("eager", "compile")
+BASELINES = {"data": ("reference",)}  # speed-up columns per group; default below
+DEFAULT_BASELINES = ("eager", "compile")
 
 
 @dataclass
@@ -163,6 +164,13 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:.3f}" if ms >= 0.01 else f"{ms:.4f}"
 
 
+def fmt_num(x: float | None) -> str:
+    """Rates and percentages: 3 significant figures without exponents."""
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def fmt_x(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}×"
 
@@ -281,7 +289,9 @@ def section_models(res: Results) -> list[str]:
     return lines + [""]
 
 
-def _generic_rows(res: Results, rows: Sequence[Row], with_bw: bool, with_tf: bool) -> list[list[str]]:
+def _generic_rows(
+    res: Results, rows: Sequence[Row], with_bw: bool, with_tf: bool, baselines: Sequence[str]
+) -> list[list[str]]:
     copy, peak = res.copy_gbps, res.matmul_tflops
     body = []
     for r in sorted(rows, key=lambda r: (r.case, r.shape, r.dtype, r.backend)):
@@ -290,10 +300,13 @@ def _generic_rows(res: Results, rows: Sequence[Row], with_bw: bool, with_tf: boo
         if r.items > 1:
             cells[-1] += f" ({fmt_ms(r.ms_per_item)} / item, {1e3 / r.ms_per_item:.4g} items/s)"
         if with_bw:
-            cells += [f"{gbps:.0f}" if gbps else "-", f"{100 * gbps / copy:.0f} %" if gbps and copy else "-"]
+            cells += [fmt_num(gbps) if gbps else "-", f"{fmt_num(100 * gbps / copy)} %" if gbps and copy else "-"]
         if with_tf:
-            cells += [f"{tflops:.2f}" if tflops else "-", f"{100 * tflops / peak:.0f} %" if tflops and peak else "-"]
-        cells += [fmt_x(_speedup(r, rows, b)) if r.backend != b else "1.00×" for b in BASELINES]
+            cells += [
+                fmt_num(tflops) if tflops else "-",
+                f"{fmt_num(100 * tflops / peak)} %" if tflops and peak else "-",
+            ]
+        cells += [fmt_x(_speedup(r, rows, b)) if r.backend != b else "1.00×" for b in baselines]
         body.append(cells)
     return body
 
@@ -311,10 +324,14 @@ def section_group(res: Results, group: str) -> list[str]:
         header += ["GB/s", "% of copy BW"]
     if with_tf:
         header += ["TFLOP/s", "% of matmul peak"]
-    header += ["vs eager", "vs compile"]
-    lines += _table(header, _generic_rows(res, rows, with_bw, with_tf))
+    baselines = BASELINES.get(group, DEFAULT_BASELINES)
+    header += [f"vs {b}" for b in baselines]
+    lines += _table(header, _generic_rows(res, rows, with_bw, with_tf, baselines))
     missing = [b for b in EXPECTED.get(group, []) if not any(r.backend == b for r in rows)]
-    lines += ["", "ms = median per call (CUDA events on GPU). vs X = X's ms / this row's ms, same case, shape, dtype."]
+    lines += [
+        "",
+        "ms = median per call (CUDA events on GPU). vs X = X's ms per item / this row's, same case, shape, dtype.",
+    ]
     if missing:
         lines += [f"Not measured in this run: {', '.join(missing)}."]
     return lines + [""]

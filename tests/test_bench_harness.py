@@ -298,11 +298,11 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     assert "| DeblurGAN (eager, float32, b8) | 11.38 M | 1394 | 8×3×720×1280 | 10.0 | 8.00× |" in md  # per frame
     assert "tiny stand-ins" not in md
     # kernels: triton 0.5 ms vs eager 2 ms and compile 1 ms; 3000 / 4000 GB/s = 75 %
-    assert "| in_relu fwd | 1×64×720×1280 | float16 | triton | 0.500 | 3000 | 75 % | 4.00× | 2.00× |" in md
-    assert "| in_relu fwd | 1×64×720×1280 | float16 | eager | 2.00 | 1000 | 25 % | 1.00× | 0.50× |" in md
+    assert "| in_relu fwd | 1×64×720×1280 | float16 | triton | 0.500 | 3000 | 75.0 % | 4.00× | 2.00× |" in md
+    assert "| in_relu fwd | 1×64×720×1280 | float16 | eager | 2.00 | 1000 | 25.0 % | 1.00× | 0.50× |" in md
     # no eager/compile row of the same dtype: no invented speed-up
     assert "| in_relu fwd | 1×64×720×1280 | float32 | eager | 0.100 | - | - | 1.00× | - |" in md
-    assert "| blurred crops | - | - | engine | 10.0 (0.625 / item, 1600 items/s) | - | - |" in md
+    assert "| blurred crops | - | - | engine | 10.0 (0.625 / item, 1600 items/s) | - |" in md
     assert "Not measured in this run (no `inference` benchmarks)." in md
     assert "Not measured in this run (no `train` benchmarks)." in md
     assert "Not measured in this run: reference." in md  # data group lacks the reference loop
