@@ -83,7 +83,8 @@ phase gpu_tests "${GPU_TESTS_S:-70}" "$PY" -m pytest tests -m gpu -q -rs -p no:c
 # --- benchmarks: one pytest per suite, so a slow suite cannot take the others' results with it -----------------------
 declare -A DEFAULT_S=([models]=45 [kernels]=70 [inference]=70 [train]=45 [blur]=25)
 suites=()
-for s in models kernels inference train blur; do [[ -f bench/test_bench_$s.py ]] && suites+=("$s"); done
+# headline first, cheap suites before expensive ones
+for s in models blur kernels train inference; do [[ -f bench/test_bench_$s.py ]] && suites+=("$s"); done
 for f in bench/test_bench_*.py; do
     s="${f#bench/test_bench_}"
     s="${s%.py}"
