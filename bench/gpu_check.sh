@@ -68,7 +68,9 @@ from bench.timing import environment
 print(json.dumps(environment(), indent=1))
 EOF
 } >"$OUT/env.txt" 2>&1
+{ echo; nvidia-smi 2>&1 || echo "nvidia-smi: not available"; } >>"$OUT/env.txt"
 GPU_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+[[ -n "$GPU_NAME" ]] || GPU_NAME="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null)"
 SLUG="$(echo "${GPU_NAME:-cpu}" | tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+|-+$//g')"
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     log "WARNING: no CUDA device visible to torch: this will be a CPU run (tiny shapes), labelled as such"
