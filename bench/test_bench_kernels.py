@@ -1,0 +1,155 @@
+"""Fused IN+activation and gradient-penalty kernels vs PyTorch eager and torch.compile, in one run.
+
+    pytest bench/test_bench_kernels.py --benchmark
+
+On CUDA: the issue's shapes (1x64x720x1280, 1x256x180x320, 16x256x64x64) and a critic update at batch 1, 256^2.
+On CPU: tiny stand-ins, torch paths only (the Triton interpreter is not worth timing). Every benchmark checks
+what it timed against the reference. `bytes` = the minimal traffic of the op (see bench/FLOORS.md); the report
+derives GB/s and % of this run's copy bandwidth from it.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from bench.timing import device, measure, on_gpu, tensor_bytes
+from deblurgan.config import CriticConfig
+from deblurgan.networks import Critic
+from kernels.gradient_penalty import gradient_penalty, gradient_penalty_reference
+from kernels.instance_norm_act import instance_norm_act, instance_norm_act_reference
+
+BACKENDS = ["eager", "compile", "triton"]
+# (shape, dtype, also under torch.compile): compile runs are limited to keep the GPU suite inside its time budget
+FWD_CASES_CUDA = [
+    ((1, 64, 720, 1280), torch.float16, True),  # the issue's headline case (generator's first IN+ReLU at 720p)
+    ((1, 64, 720, 1280), torch.bfloat16, False),
+    ((1, 64, 720, 1280), torch.float32, False),
+    ((1, 256, 180, 320), torch.float16, True),  # the ResBlocks at 720p
+    ((16, 256, 64, 64), torch.float16, True),  # ResBlocks of a training batch of 256^2 crops
+]
+FWD_BWD_CASES_CUDA = [((1, 64, 720, 1280), torch.float16, True), ((1, 256, 180, 320), torch.float16, True)]
+CPU_CASES = [((1, 8, 36, 64), torch.float32, True)]
+
+
+def _cases(cuda_cases):
+    cases = cuda_cases if on_gpu() else CPU_CASES
+    return [
+        pytest.param(shape, dtype, backend, id=f"{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{backend}")
+        for shape, dtype, with_compile in cases
+        for backend in BACKENDS
+        if backend != "compile" or with_compile
+    ]
+
+
+def _in_relu(backend, channels):
+    """IN + ReLU as the backend runs it (eager: nn.InstanceNorm2d + ReLU, the generator's torch layers)."""
+    if backend == "triton":
+        if not on_gpu():
+            pytest.skip("triton kernels are benchmarked on CUDA only (CPU runs the interpreter)")
+        return lambda x: instance_norm_act(x)
+    eager = nn.Sequential(nn.InstanceNorm2d(channels), nn.ReLU())
+    return torch.compile(eager, dynamic=False) if backend == "compile" else eager
+
+
+def _input(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 2 + 0.5).to(device(), dtype)
+
+
+@pytest.mark.parametrize("shape,dtype,backend", _cases(FWD_CASES_CUDA))
+def test_bench_in_relu_fwd(benchmark, shape, dtype, backend):
+    benchmark.group = "kernels"
+    x = _input(shape, dtype)
+    fn = _in_relu(backend, shape[1])
+    with torch.no_grad():
+        y = fn(x)  # compile / autotune outside the timed region
+        torch.testing.assert_close(y.float(), instance_norm_act_reference(x.float()), atol=2e-2, rtol=2e-2)
+        measure(
+            benchmark, lambda: fn(x), case="in_relu fwd", backend=backend, shape=shape, dtype=dtype,
+            bytes=2 * tensor_bytes(x),  # floor: read x once, write y once
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("shape,dtype,backend", _cases(FWD_BWD_CASES_CUDA))
+def test_bench_in_relu_fwd_bwd(benchmark, shape, dtype, backend):
+    benchmark.group = "kernels"
+    x = _input(shape, dtype).requires_grad_(True)
+    dy = _input(shape, dtype, seed=1)
+    fn = _in_relu(backend, shape[1])
+
+    def step():
+        (dx,) = torch.autograd.grad(fn(x), x, dy)
+        return dx
+
+    dx = step()
+    (dx_ref,) = torch.autograd.grad(instance_norm_act_reference(x.float()), x, dy.float())
+    torch.testing.assert_close(dx.float(), dx_ref.float(), atol=2e-2, rtol=2e-2)
+    measure(
+        benchmark, step, case="in_relu fwd+bwd", backend=backend, shape=shape, dtype=dtype,
+        bytes=5 * tensor_bytes(x),  # floor: fwd reads x, writes y; bwd reads x and dy, writes dx
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])  # torch.compile does not trace double backward
+def test_bench_in_lrelu_double_backward(benchmark, backend):
+    """The critic step's pattern: dx = d<y, dy>/dx with create_graph, then d<dx, v>/d(x, dy)."""
+    benchmark.group = "kernels"
+    shape = (16, 256, 64, 64) if on_gpu() else (2, 8, 16, 16)
+    x = _input(shape, torch.float32).requires_grad_(True)
+    dy = _input(shape, torch.float32, seed=1).requires_grad_(True)
+    v = _input(shape, torch.float32, seed=2)
+    if backend == "triton" and not on_gpu():
+        pytest.skip("triton kernels are benchmarked on CUDA only (CPU runs the interpreter)")
+    fn = instance_norm_act if backend == "triton" else instance_norm_act_reference
+
+    def step():
+        (dx,) = torch.autograd.grad(fn(x, negative_slope=0.2), x, dy, create_graph=True)
+        return torch.autograd.grad((dx * v).sum(), [x, dy])
+
+    got = step()
+    x_ref = x.detach().requires_grad_(True)
+    dy_ref = dy.detach().requires_grad_(True)
+    (dx_ref,) = torch.autograd.grad(
+        instance_norm_act_reference(x_ref, negative_slope=0.2), x_ref, dy_ref, create_graph=True
+    )
+    ref = torch.autograd.grad((dx_ref * v).sum(), [x_ref, dy_ref])
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
+    measure(
+        benchmark, step, case="in_lrelu double bwd", backend=backend, shape=shape, dtype=torch.float32,
+        bytes=9 * tensor_bytes(x),  # floor, see FLOORS.md: fwd 2, bwd 3, double bwd reads x, dy, v, writes 2
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["sample", "pixel"])
+@pytest.mark.parametrize("backend", ["eager", "triton"])  # torch.compile does not trace double backward
+def test_bench_critic_update_gp(benchmark, backend, mode):
+    """One WGAN-GP critic update: D(fake) - D(real) + GP, backward, Adam step (the authors' critic, batch 1)."""
+    benchmark.group = "kernels"
+    if backend == "triton" and not on_gpu():
+        pytest.skip("triton kernels are benchmarked on CUDA only (CPU runs the interpreter)")
+    size, cfg = (256, {}) if on_gpu() else (32, dict(ndf=8))
+    torch.manual_seed(0)
+    critic = Critic(CriticConfig(kernels="triton" if backend == "triton" else "torch", **cfg)).to(device())
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    real = torch.rand(1, 3, size, size, device=device()) * 2 - 1
+    fake = torch.rand(1, 3, size, size, device=device()) * 2 - 1
+    eps = torch.rand(1, 1, 1, 1, device=device())
+    gp_fn = gradient_penalty if backend == "triton" else gradient_penalty_reference
+
+    def update():
+        loss = critic(fake).mean() - critic(real).mean() + gp_fn(critic, real, fake, 10.0, mode, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    # check the penalty itself against the reference on the same weights before timing
+    torch.testing.assert_close(
+        gp_fn(critic, real, fake, 10.0, mode, eps),
+        gradient_penalty_reference(critic, real, fake, 10.0, mode, eps),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    update()
+    measure(benchmark, update, case=f"critic update + gp ({mode})", backend=backend, shape=[1, 3, size, size])
