@@ -119,18 +119,22 @@ def _stats_kernel(
     c = pid % C
     base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
     start = k * CHUNK
-    # per-lane Welford, then a Chan merge of the lanes: stable however large the chunk
+    # Per-lane Welford, then a Chan merge of the lanes: stable however large the chunk. A lane that is masked
+    # off stays off for the rest of the loop, so every active lane has seen exactly i // TILE + 1 values and
+    # the Welford step needs one scalar reciprocal per tile instead of a division per element.
     cnt = tl.zeros([TILE], dtype=ACC)
     mean = tl.zeros([TILE], dtype=ACC)
     m2 = tl.zeros([TILE], dtype=ACC)
+    one = tl.full((), 1.0, ACC)
     for i in range(0, CHUNK, TILE):
         offs = start + i + tl.arange(0, TILE)
         mask = offs < HW
         x = tl.load(X + base + offs.to(tl.int64) * stride_hw, mask=mask, other=0.0).to(ACC)
+        inv = one / (i // TILE + 1)
         cnt += mask.to(ACC)
-        delta = x - mean
-        mean += tl.where(mask, delta / tl.maximum(cnt, 1.0), 0.0)
-        m2 += tl.where(mask, delta * (x - mean), 0.0)
+        delta = tl.where(mask, x - mean, 0.0)
+        mean += delta * inv
+        m2 += delta * (x - mean)
     total = tl.maximum(tl.sum(cnt, axis=0), 1.0)
     chunk_mean = tl.sum(cnt * mean, axis=0) / total
     dev = mean - chunk_mean
