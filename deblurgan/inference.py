@@ -172,12 +172,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 4, minimum: int = 8) -> tor
     Falls back to edge replication for images too small to reflect. Crop back with `[..., :H, :W]`.
     """
     h, w = x.shape[-2:]
-    th, tw = max(_round_up(h, multiple), minimum), max(_round_up(w, multiple), minimum)
+    th, tw = padded_size(h, w, multiple, minimum)
     ph, pw = th - h, tw - w
     if ph == 0 and pw == 0:
         return x
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def padded_size(height: int, width: int, multiple: int = 4, minimum: int = 8) -> tuple[int, int]:
+    """The size `pad_to_multiple` pads an HxW image to."""
+    return max(_round_up(height, multiple), minimum), max(_round_up(width, multiple), minimum)
 
 
 def _round_up(v: int, m: int) -> int:

@@ -178,6 +178,7 @@ def deblur_image_file(job: Job, deblurrer, side_by_side: bool) -> None:
     if not is_image_file(job.src):
         raise DeblurGANError("not an image or video file (unknown extension)")
     image = read_image(job.src)
+    _note_tiling(deblurrer, image.shape[0], image.shape[1])
     out = deblurrer.deblur(image)
     write_image(job.dst, np.concatenate([image, out], axis=1) if side_by_side else out)
 
@@ -189,6 +190,7 @@ def deblur_video(job: Job, deblurrer, args: argparse.Namespace, show: bool) -> N
         raise DeblurGANError("file not found")
     with VideoReader(job.src) as reader:
         width = reader.width * (2 if args.side_by_side else 1)
+        _note_tiling(deblurrer, reader.height, reader.width)
         writer = None if args.frames else VideoWriter(job.dst, reader.fps, width, reader.height)
         bar = tqdm(total=reader.frames or None, unit="frame", disable=not show, leave=False, file=sys.stderr)
         index = 0
@@ -217,6 +219,25 @@ def deblur_video(job: Job, deblurrer, args: argparse.Namespace, show: bool) -> N
             bar.close()
         if writer is not None:
             writer.close()
+
+
+_NOTED: set[tuple[int, int]] = set()
+
+
+def _note_tiling(deblurrer, height: int, width: int) -> None:
+    """Say once per size when an image runs in tiles, and what that costs."""
+    from deblurgan.inference import padded_size
+
+    plan = deblurrer.plan(*padded_size(height, width))
+    if plan is None or (height, width) in _NOTED:
+        return
+    _NOTED.add((height, width))
+    n = len(plan.windows())
+    if deblurrer.tile_stats == "global":
+        how = "whole-image IN statistics: exact, but about one extra pass per IN layer; --tile-stats tile is faster"
+    else:
+        how = "per-tile IN statistics: one pass, blended seams, approximate"
+    print(f"note: {width}x{height} runs in {n} tiles of {plan.tile} px ({how})", file=sys.stderr)
 
 
 def _with_end(reader: VideoReader):
