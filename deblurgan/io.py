@@ -14,6 +14,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DeblurGANError
 
+# PIL's defaults (JPEG quality 75 with 4:2:0 chroma) would visibly undo a deblurring; keep outputs near-lossless.
+_SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -83,7 +85,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
         if colour16:
             Path(tmp).write_bytes(encode_png16(image))
         else:
-            _array_to_pil(image).save(tmp, format=fmt)
+            _array_to_pil(image).save(tmp, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
