@@ -1,0 +1,156 @@
+"""Generator inference per deploy backend: eager fp32/fp16, torch.compile, AOTInductor, onnxruntime, TensorRT.
+
+Run: `pytest bench/test_bench_inference.py --benchmark`. On CUDA: the full generator (11.4 M params) at
+256x256 and 1280x720, batch 1 and 8. On CPU: a small generator (ngf=8, 1 block) at tiny stand-in sizes,
+batch 1, about a minute (AOTInductor's CPU compile is ~30 s of it); `DEBLURGAN_BENCH_FULL=1` runs the full
+generator at real sizes on CPU too (minutes). Each row records `ms_per_frame` and `fps` in extra_info, and
+every output is checked against eager fp32 (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA where
+convolutions may use TF32; fp16 backends: >= 40 dB PSNR on random inputs).
+
+Compile / export / engine builds happen once per backend, untimed, and are slow on CUDA (torch.compile and
+AOTInductor about a minute each for the full model, TensorRT several): the cheap backends run first, so a
+time limit (bench/gpu_check.sh, SIGINT) still leaves their results. Set BENCH_S_INFERENCE=600 for all rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.deepdeblur import count_flops
+from bench.timing import device, measure, on_gpu, pick, sizes
+from deblurgan.config import GeneratorConfig
+from deblurgan.networks import Generator
+
+FULL = on_gpu() or os.environ.get("DEBLURGAN_BENCH_FULL") == "1"
+BATCHES = pick(cpu=[1], cuda=[1, 8])
+SIZES = {"256": (256, 256), "720p": (720, 1280)} if FULL else sizes()
+FP16 = ("eager-fp16", "compile-fp16", "aoti-fp16", "tensorrt-fp16")
+BACKENDS = pick(
+    cpu=["eager", "onnxruntime", "aoti"],
+    cuda=["eager", "eager-fp16", "onnxruntime", "compile-fp16", "aoti-fp16", "tensorrt-fp16"],
+)
+_TMP = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+
+
+@functools.cache
+def generator() -> Generator:
+    torch.manual_seed(0)
+    cfg = GeneratorConfig() if FULL else GeneratorConfig(ngf=8, n_blocks=1)
+    g = Generator(cfg).eval()
+    with torch.no_grad():  # random biases as well: outputs must not be near-trivial
+        for p in g.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return g.to(device())
+
+
+@functools.cache
+def runner(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Build (untimed) a callable for `backend`; skips when its library or device is missing."""
+    g = generator()
+    if backend == "eager":
+        return lambda x: g(x)
+    if backend == "eager-fp16":
+        return lambda x: _autocast(g, x)
+    if backend == "compile-fp16":
+        compiled = torch.compile(g)
+        return lambda x: _autocast(compiled, x)
+    if backend in ("aoti", "aoti-fp16"):
+        from export.aoti import AotiExporter
+        from export.runtime import AOTIRunner
+
+        path = AotiExporter(_copy(g), device=device().type, fp16=backend == "aoti-fp16", max_batch=8).export(
+            _TMP / f"{backend}.pt2"
+        )
+        return AOTIRunner(path)
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        from export.onnx import OnnxExporter
+        from export.runtime import OnnxRunner
+
+        dev = device()
+        if dev.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
+        path = OnnxExporter(_copy(g).cpu()).export(_TMP / "g.onnx")
+        return OnnxRunner(path, device=dev)
+    if backend == "tensorrt-fp16":
+        pytest.importorskip("tensorrt")
+        from export.onnx import OnnxExporter
+        from export.runtime import TensorRTRunner
+        from export.trt import BuildOptions, ShapeProfile, TrtEngineBuilder
+
+        onnx_path = OnnxExporter(_copy(g).cpu()).export(_TMP / "g_trt.onnx")
+        h, w = SIZES["720p"]
+        profile = ShapeProfile((1, 3, 64, 64), (1, 3, h, w), (max(BATCHES), 3, h, w))
+        engine = TrtEngineBuilder(onnx_path, profile, BuildOptions("fp16", workspace_gib=8)).build(_TMP / "g.engine")
+        return TensorRTRunner(engine)
+    raise ValueError(backend)
+
+
+def _copy(g: Generator) -> Generator:
+    c = Generator(g.config)
+    c.load_state_dict(g.state_dict())
+    return c.eval().to(device())
+
+
+def _autocast(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cuda", dtype=torch.float16):
+        return model(x).float()
+
+
+@functools.cache
+def _flop(h: int, w: int) -> int:
+    return count_flops(generator(), (1, 3, h, w))
+
+
+CASES = [(b, s, n) for b in BACKENDS for s in SIZES for n in BATCHES]
+
+
+@pytest.mark.parametrize(("backend", "size", "batch"), CASES, ids=[f"{b}-{s}-b{n}" for b, s, n in CASES])
+def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None:
+    h, w = SIZES[size]
+    run = runner(backend)
+    x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(batch)).to(device()) * 2 - 1
+    with torch.inference_mode():
+        ref = generator()(x)
+
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return run(x)
+
+    benchmark.group = "inference"
+    y = measure(
+        benchmark,
+        forward,
+        case=f"generator {size} b{batch}",
+        backend=backend,
+        shape=[batch, 3, h, w],
+        dtype="float16" if backend in FP16 else "float32",
+        flop=_flop(h, w) * batch,
+        items=batch,
+        params=sum(p.numel() for p in generator().parameters()),
+        full_size=FULL,
+        threads=torch.get_num_threads(),
+    )
+    info = benchmark.extra_info
+    ms = info.get("device_ms") or benchmark.stats.stats.median * 1e3
+    info["ms_per_frame"] = ms / batch
+    info["fps"] = 1e3 * batch / ms
+    assert y.shape == ref.shape
+    err = (y.float() - ref).abs().max().item()
+    if backend in FP16:
+        mse = (y.float() - ref).pow(2).mean().item()
+        psnr = math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+        info["psnr_vs_fp32"] = psnr
+        assert psnr >= 40.0, f"{backend}: {psnr:.1f} dB vs eager fp32"
+    else:
+        tol = 1e-4 if device().type == "cpu" else 1e-2  # CUDA fp32 convs may use TF32 (PyTorch's default)
+        assert err <= tol, f"{backend}: max abs {err:.3g} vs eager fp32"
