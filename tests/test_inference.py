@@ -325,3 +325,21 @@ def test_cuda_fp32_and_fp16_match_cpu(ckpt):
     assert np.abs(Deblurrer(ckpt, device="cuda", fp16=True).deblur(img).astype(int) - cpu).mean() < 2
     tiled = Deblurrer(ckpt, device="cuda", tile=48).deblur(img).astype(int)
     assert np.abs(tiled - cpu).max() <= 1
+
+
+def test_global_stats_with_fused_triton_layers_uses_a_torch_copy(gen):
+    """A generator built with the Triton IN kernel is tiled through a torch-IN copy with the same weights."""
+    pytest.importorskip("triton")
+    from deblurgan.inference import torch_generator
+
+    fused = Generator(GeneratorConfig(ngf=8, n_blocks=1, kernels="triton"))
+    fused.load_state_dict(gen.state_dict())
+    fused.eval()
+    copy = torch_generator(fused)
+    assert copy is not fused and copy.config.kernels == "torch" and not copy.training
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), gen(x), atol=1e-6, rtol=0)
+    with pytest.raises(DeblurGANError, match="kernels='torch'"):
+        forward_with_stats(fused, x, [])
+    assert torch_generator(gen) is gen

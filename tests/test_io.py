@@ -265,5 +265,4 @@ def test_jpeg_written_at_high_quality(tmp_path):
     y, x = np.mgrid[0:64, 0:64]
     img = np.stack([x * 4, y * 4, (x * y) % 256], axis=2).astype(np.uint8)
     out = read_image(write_image(tmp_path / "x.jpg", img))
-
     assert np.abs(out.astype(int) - img).mean() < 5  # PIL's defaults (quality 75, 4:2:0) give ~15 here
