@@ -100,18 +100,23 @@ def random_trajectories(
 def _walk_scalar(v, big, turn, drift, pull, step) -> np.ndarray:
     # Plain Python complex arithmetic: several times cheaper per step than numpy calls on length-1 arrays.
     v, pull, step = complex(v), float(pull), float(step)
-    kicks = {int(t): complex(turn[t]) for t in np.flatnonzero(big)}
-    drift = drift.tolist()
-    xs = [0j] * (len(drift) + 1)
+    kicks = [None] * len(drift)
+    for t in np.flatnonzero(big).tolist():
+        kicks[t] = 2 * complex(turn[t])
+    last = v * (step / abs(v)) if v else complex(step)  # the direction kept if a step ever cancels the velocity
     x = 0j
-    for t in range(len(drift)):
-        if t in kicks:
-            v = v + 2 * v * kicks[t] + (drift[t] - pull * x)
+    xs = [x]
+    for d, k in zip(drift.tolist(), kicks, strict=True):
+        if k is not None:
+            v = v + v * k
+        v = v + (d - pull * x)
+        a = abs(v)
+        if a:
+            v = last = v * (step / a)
         else:
-            v = v + (drift[t] - pull * x)
-        v = v * (step / abs(v))
+            v = last
         x = x + v
-        xs[t + 1] = x
+        xs.append(x)
     return np.asarray(xs, dtype=np.complex128)
 
 
@@ -120,10 +125,19 @@ def _walk_batched(v, big, turn, drift, pull, step) -> np.ndarray:
     xs = np.zeros((n, steps + 1), dtype=np.complex128)
     x = np.zeros(n, dtype=np.complex128)
     v = v.astype(np.complex128)
+    a = np.abs(v)
+    last = np.where(a > 0, v * (step / np.where(a > 0, a, 1)), step + 0j)
+    kicks = 2 * turn
+    any_kick = big.any(axis=0).tolist()
     for t in range(steps):
-        kick = np.where(big[:, t], 2 * v * turn[:, t], 0)
-        v = v + kick + (drift[:, t] - pull * x)
-        v = v * (step / np.abs(v))
+        if any_kick[t]:
+            v = v + np.where(big[:, t], v * kicks[:, t], 0)
+        v = v + (drift[:, t] - pull * x)
+        a = np.abs(v)
+        if a.all():
+            v = last = v * (step / a)
+        else:
+            v = last = np.where(a > 0, v * (step / np.where(a > 0, a, 1)), last)
         x = x + v
         xs[:, t + 1] = x
     return xs
@@ -148,8 +162,8 @@ def _check_trajectory_args(n: int, canvas: int, iters: int, max_len: float, expl
     limit = 2 * (canvas - 1 - canvas // 2)
     if not 0 < max_len <= limit:
         raise DeblurGANError(f"max_len must be in (0, {limit}] for canvas {canvas} (got {max_len})")
-    if expl is not None and not 0 <= expl <= 1:
-        raise DeblurGANError(f"expl must be in [0, 1] (got {expl})")
+    if expl is not None and not (expl == 0 or 1e-6 <= expl <= 1):  # tinier values lose the velocity's precision
+        raise DeblurGANError(f"expl must be 0 or in [1e-6, 1] (got {expl})")
 
 
 # ----------------------------------------------------------------------------------------------- PSFs
@@ -196,7 +210,9 @@ def trajectories_to_psfs(
         t = np.arange(max(1, math.floor(a)), min(iters - 1, math.ceil(b) + 1) + 1)
         w = np.clip(np.minimum(t, b) - np.maximum(t - 1, a), 0.0, None)
         out[j] = np.bincount(idx[:, :, t].ravel(), (corner[:, :, t] * w).ravel(), minlength=n * canvas * canvas)
-    out = np.cumsum(out, axis=0).reshape(len(fr), n, canvas, canvas).transpose(1, 0, 2, 3)
+    for j in range(1, len(fr)):
+        out[j] += out[j - 1]
+    out = out.reshape(len(fr), n, canvas, canvas).transpose(1, 0, 2, 3)
     out /= out.sum(axis=(2, 3), keepdims=True)
     return out.astype(np.float32)
 

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage, stats
 
 from bench.reference_blur import reference_psfs, reference_trajectory
@@ -46,6 +48,25 @@ def test_psfs_nonnegative_normalised_and_inside_canvas(many):
     np.testing.assert_allclose((traj.imag.min(1) + traj.imag.max(1)) / 2, 32, atol=1e-9)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    canvas=st.integers(6, 80),
+    len_frac=st.floats(0.01, 1.0),
+    iters=st.integers(2, 400),
+    expl=st.one_of(st.none(), st.just(0.0), st.floats(1e-6, 0.05)),
+    fractions=st.lists(st.floats(0.001, 1.0), min_size=1, max_size=5, unique=True).map(sorted),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_psf_invariants_for_any_parameters(canvas, len_frac, iters, expl, fractions, seed):
+    max_len = len_frac * 2 * (canvas - 1 - canvas // 2)
+    traj = random_trajectories(np.random.default_rng(seed), 3, canvas, iters, max_len, expl)
+    psfs = blur.trajectories_to_psfs(traj, canvas, fractions)
+    assert psfs.shape == (3, len(fractions), canvas, canvas)
+    assert (psfs >= 0).all()
+    np.testing.assert_allclose(psfs.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    assert np.abs(np.diff(traj, axis=1)).sum(axis=1) == pytest.approx(max_len, rel=1e-6)
+
+
 def test_psfs_grow_with_exposure(many):
     support = (many > 0).sum(axis=(2, 3))
     assert (np.diff(support, axis=1) >= 0).all()  # accumulated over time: later fractions contain earlier ones
@@ -73,6 +94,17 @@ def test_one_at_a_time_equals_batched(monkeypatch):
     monkeypatch.setattr(blur, "SCALAR_LOOP_MAX", 10**6)  # force the plain-Python loop
     scalar = random_trajectories(np.random.default_rng(3), 6)
     np.testing.assert_allclose(batched, scalar, rtol=0, atol=1e-9)
+
+
+def test_a_cancelled_velocity_keeps_its_direction():
+    """If a step ever sums to a zero velocity, the walk keeps the last direction instead of dividing by zero."""
+    steps = 5
+    zeros = np.zeros((1, steps), dtype=np.complex128)
+    no = np.zeros((1, steps), dtype=bool)
+    scalar = blur._walk_scalar(0j, no[0], zeros[0], zeros[0], 0.0, 0.5)
+    batched = blur._walk_batched(np.zeros(1, np.complex128), no, zeros, zeros, np.zeros(1), 0.5)[0]
+    np.testing.assert_allclose(scalar, 0.5 * np.arange(steps + 1))
+    np.testing.assert_allclose(batched, scalar)
 
 
 def test_full_exposure_psf_equals_authors_splat():
@@ -166,6 +198,7 @@ def test_noise_is_seeded_and_has_the_asked_strength():
     "call",
     [
         lambda: random_trajectory(np.random.default_rng(0), canvas=32, max_len=60),
+        lambda: random_trajectory(np.random.default_rng(0), expl=1e-300),
         lambda: trajectory_to_psfs(np.array([0, 70 + 70j])),
         lambda: trajectory_to_psfs(np.array([10, 20 + 20j]), fractions=(0.5, 0.1)),
         lambda: trajectory_to_psfs(np.array([10, 20 + 20j]), fractions=(0.0, 1.0)),
@@ -193,6 +226,11 @@ def test_blur_batch_cuda_matches_cpu():
     rng = np.random.default_rng(10)
     imgs = torch.from_numpy(rng.random((4, 3, 256, 256), dtype=np.float32))
     psfs = torch.from_numpy(random_psfs(rng, 4)[:, -1])
-    cpu = blur_batch(imgs, psfs)
-    gpu = blur_batch(imgs.cuda(), psfs.cuda()).cpu()
-    torch.testing.assert_close(gpu, cpu, atol=2e-6, rtol=0)
+    ref = blur_batch(imgs.double(), psfs.double())
+    gpu = blur_batch(imgs.cuda(), psfs.cuda())
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+    torch.testing.assert_close(gpu.cpu().double(), ref, atol=1e-5, rtol=0)  # float32 cuFFT vs float64
+    half = blur_batch(imgs.cuda().half(), psfs.cuda())
+    torch.testing.assert_close(half.cpu().double(), ref, atol=2e-3, rtol=0)  # fp16 storage, fp32 FFT
+    noisy = blur_batch(imgs.cuda(), psfs.cuda(), noise_std=0.01, poisson_peak=1000.0)
+    assert (noisy - gpu).abs().mean().item() > 1e-3
