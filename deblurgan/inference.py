@@ -449,6 +449,12 @@ class Deblurrer:
             return int(free * 0.6)
         return CPU_MEMORY_BUDGET
 
+    def _window_batch(self, plan: TilePlan) -> int:
+        """Windows per forward pass: at most batch_size, and only as many as the memory budget holds."""
+        budget = self.memory_budget if self.memory_budget is not None else self._default_budget()
+        fits = budget // max(1, min(plan.tile, plan.height) * min(plan.tile, plan.width) * self._bytes_per_pixel())
+        return max(1, min(self.batch_size, int(fits)))
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             y = self.runner(x.to(self.runner.device, self.runner.dtype))
@@ -460,8 +466,9 @@ class Deblurrer:
         stats = self._global_stats(gen, x, plan) if gen is not None else None
         acc = torch.zeros(1, 3, plan.height, plan.width)
         wsum = torch.zeros(1, 1, plan.height, plan.width)
-        for i in range(0, len(windows), self.batch_size):
-            chunk = windows[i : i + self.batch_size]
+        bs = self._window_batch(plan)
+        for i in range(0, len(windows), bs):
+            chunk = windows[i : i + bs]
             batch = torch.cat([x[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])
             if gen is None:
                 out = self._run(batch)
@@ -482,12 +489,13 @@ class Deblurrer:
         windows = plan.windows()
         rows, cols = plan.owned(plan.height), plan.owned(plan.width)
         ny = len(plan.starts(plan.height))
+        bs = self._window_batch(plan)
         stats: list[tuple[torch.Tensor, torch.Tensor]] = []
         for k in range(count_instance_norms(gen)):
             s1 = s2 = None
             n = 0
-            for i in range(0, len(windows), self.batch_size):
-                chunk = list(range(i, min(i + self.batch_size, len(windows))))
+            for i in range(0, len(windows), bs):
+                chunk = list(range(i, min(i + bs, len(windows))))
                 batch = torch.cat([x[..., y0:y1, x0:x1] for y0, y1, x0, x1 in (windows[j] for j in chunk)])
                 with torch.inference_mode(), _autocast(self.runner):
                     act = forward_with_stats(gen, batch.to(self.runner.device, self.runner.dtype), stats, stop=k)

@@ -343,3 +343,15 @@ def test_global_stats_with_fused_triton_layers_uses_a_torch_copy(gen):
     with pytest.raises(DeblurGANError, match="kernels='torch'"):
         forward_with_stats(fused, x, [])
     assert torch_generator(gen) is gen
+
+
+def test_windows_per_pass_respect_the_memory_budget():
+    runner = PointwiseRunner()
+    per_px = 64 * 4 * 4  # the estimate for an unknown runner: ngf 64, fp32
+    d = Deblurrer(runner=runner, tile=32, overlap=8, batch_size=8, memory_budget=2 * 32 * 32 * per_px)
+    x = torch.rand(1, 3, 100, 100) * 2 - 1
+    torch.testing.assert_close(d.deblur_tensor(x), torch.tanh(2 * x), atol=1e-6, rtol=0)
+    assert max(s[0] for s in runner.calls) == 2  # the runner's max_batch is 2, the budget also allows 2
+    runner.calls.clear()
+    Deblurrer(runner=runner, tile=32, overlap=8, memory_budget=32 * 32 * per_px).deblur_tensor(x)
+    assert max(s[0] for s in runner.calls) == 1
