@@ -17,7 +17,8 @@ Spec grammar (`DeblurGANError` with a one-line message for anything else):
     paired:BLUR_DIR,SHARP_DIR        files matched by relative path, extension ignored
     synthetic:DIR                    every image under DIR is a sharp source, blurred on the fly
     combined:PART+PART[+...][@W:W..] a mix of the parts above with integer weights, e.g.
-                                     combined:synthetic:/data/sharp+gopro:/data/GOPRO@2:1 (DeblurGAN-Comb)
+                                     combined:synthetic:/data/sharp+gopro:/data/GOPRO@2:1 (DeblurGAN-Comb);
+                                     for split="val" the parts are simply concatenated (every item once)
 
 Transforms: split="train" takes one random `crop` x `crop` window and a random horizontal flip, the same for both
 images of a pair; frames smaller than the crop are reflect-padded (not upscaled: scaling would change the blur
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .blur import FRACTIONS, blur_image, random_psfs
 from .errors import DeblurGANError
@@ -401,6 +402,8 @@ def build_dataset(spec: str | None, split: str = "train", crop: int | None = 256
             if p.strip().startswith("combined:"):
                 raise DeblurGANError("combined specs cannot be nested")
             parts.append(build_dataset(p, split, crop, seed + 1000 * k))  # parts draw independent kernels
+        if split == "val":  # validation scores every item once; the ratio only matters for training
+            return ConcatDataset(parts)
         return CombinedDataset(parts, weights)
     kind, sep, arg = spec.partition(":")
     if not sep or not arg.strip():
@@ -433,8 +436,12 @@ def build_dataset(spec: str | None, split: str = "train", crop: int | None = 256
     )
 
 
-def describe_dataset(ds: Dataset) -> str:
-    """One line for logs: kind, size, split and crop."""
+def describe_dataset(ds: Dataset | str | None, split: str = "train") -> str:
+    """One line for logs: kind, size, split and crop (give a dataset, or a spec to build for `split`)."""
+    if ds is None or isinstance(ds, str):
+        ds = build_dataset(ds, split)
+    if isinstance(ds, ConcatDataset):
+        return f"{len(ds)} items: " + " + ".join(f"[{describe_dataset(p)}]" for p in ds.datasets)
     if isinstance(ds, CombinedDataset):
         inner = " + ".join(f"{w}x[{describe_dataset(p)}]" for p, w in zip(ds.parts, ds.weights, strict=True))
         return f"combined, {len(ds)} items per epoch: {inner}"

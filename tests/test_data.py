@@ -197,6 +197,7 @@ def test_skimage_default_holds_out_val():
     assert item["blur"].shape == (3, 32, 32) and item["path"].startswith("skimage:")
     assert torch.equal(val[0]["blur"], val[0]["blur"])
     assert "synthetic blur" in describe_dataset(train)
+    assert describe_dataset(None, "val").startswith("synthetic blur: 4 items")
 
 
 def test_combined_ratio_and_coverage(gopro, sharp_dir):
@@ -211,8 +212,12 @@ def test_combined_ratio_and_coverage(gopro, sharp_dir):
         assert ds[i]["blur"].shape == (3, 16, 16)
     _assert_aligned(ds[2])  # index 2 is the gopro slot of the 2:1 pattern
     assert "combined" in describe_dataset(ds)
-    equal = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}", "val")
+    equal = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}", "train")
     assert equal.weights == [1, 1]
+    val = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}@2:1", "val")
+    assert len(val) == 3 + 4  # every item once
+    _assert_aligned(val[3])
+    assert "7 items" in describe_dataset(val)
 
 
 @pytest.mark.parametrize(
