@@ -143,7 +143,7 @@ def test_statistics_match_the_authors_loop():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("shape", [(37, 53, 3), (41, 29), (9, 12, 2)])
+@pytest.mark.parametrize("shape", [(37, 53, 3), (41, 29), (9, 12, 2), (1, 7), (2, 3, 1)])
 def test_blur_equals_scipy_convolution(dtype, shape):
     rng = np.random.default_rng(sum(shape))
     img = rng.random(shape).astype(dtype)
