@@ -388,12 +388,17 @@ def test_real_tensorrt_fp16_engine_matches_pytorch(tmp_path, onnx_file):
         pytest.skip("needs CUDA")
     onnx_path, ckpt = onnx_file
     out = tmp_path / "m.engine"
-    assert main(["--onnx", str(onnx_path), "--out", str(out), "--fp16", "--min", "1x3x64x64"]) == 0
+    argv = ["--onnx", str(onnx_path), "--out", str(out), "--fp16", "--min", "1x3x64x64", "--opt", "2x3x256x256"]
+    assert main([*argv, "--max", "2x3x256x256"]) == 0
     runner = load_runner(out, "tensorrt", device="cuda")
     from deblurgan.checkpoint import load_generator
 
     g = load_generator(ckpt).cuda()
-    x = torch.rand(2, 3, 96, 128, device="cuda") * 2 - 1
+    import skimage.data  # natural photographs, bundled with scikit-image
+
+    ims = [skimage.data.astronaut()[:256, 128:384], skimage.data.coffee()[:256, :256]]
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in ims])
+    x = (x.float() / 127.5 - 1).cuda()
     with torch.no_grad():
         ref = g(x)
     mse = (runner(x) - ref).pow(2).mean().item()
