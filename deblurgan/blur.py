@@ -35,6 +35,7 @@ __all__ = [
     "add_noise",
     "blur_batch",
     "blur_image",
+    "psf_sheet",
     "random_psfs",
     "random_trajectories",
     "random_trajectory",
@@ -188,6 +189,8 @@ def trajectories_to_psfs(
     fr = _check_fractions(fractions)
     n, iters = traj.shape
     cols, rows = traj.real, traj.imag
+    if not np.isfinite(traj).all():
+        raise DeblurGANError("trajectory has non-finite positions")
     if n and (min(cols.min(), rows.min()) < 0 or max(cols.max(), rows.max()) > canvas - 1):
         raise DeblurGANError(
             f"trajectory leaves the {canvas}x{canvas} canvas (positions must lie in [0, {canvas - 1}])"

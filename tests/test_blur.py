@@ -200,6 +200,7 @@ def test_noise_is_seeded_and_has_the_asked_strength():
         lambda: random_trajectory(np.random.default_rng(0), canvas=32, max_len=60),
         lambda: random_trajectory(np.random.default_rng(0), expl=1e-300),
         lambda: trajectory_to_psfs(np.array([0, 70 + 70j])),
+        lambda: trajectory_to_psfs(np.array([10, np.nan])),
         lambda: trajectory_to_psfs(np.array([10, 20 + 20j]), fractions=(0.5, 0.1)),
         lambda: trajectory_to_psfs(np.array([10, 20 + 20j]), fractions=(0.0, 1.0)),
         lambda: blur_image(np.zeros((4, 4, 3, 1)), np.ones((3, 3))),
