@@ -11,8 +11,9 @@ Backward: dx (and dw, db) from x, dy and the saved mean/rstd: one program per sm
 pass (sum dz, sum dz*xhat per chunk) plus a dx pass for large planes.
 
 Double backward (needed by the WGAN-GP critic step): the backward is itself a custom op whose derivative is
-the vector-Jacobian product of `composite_backward` (plain differentiable torch ops), taken with torch.func
-so that any order of differentiation stays correct.
+a third op with Triton kernels (closed-form formulas above `_dbwd_load`: a reduction of five per-plane sums,
+then one elementwise pass writing the gradients w.r.t. dy and x). Third and higher orders, which training
+never needs, fall back to torch.func vjps of `composite_double_backward`, so every order stays correct.
 
 Both ops are registered with `torch.library.custom_op` (namespace `deblurgan_kernels`) with fake
 implementations, so torch.compile and torch.export trace them without graph breaks.
@@ -366,6 +367,223 @@ def _bwd_dx_kernel(
         tl.store(DX + ptr_off, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+# Double backward. With m = act'(z) (1 or slope, piecewise constant), dz = dy*m, g = w*dz and the backward
+# dx = r*(g - mean(g) - xhat*mean(g*xhat)), the upstream gradients (ddx, ddw, ddb) of (dx, dw, db) give
+#   h     = r*(ddx - mean(ddx) - xhat*mean(ddx*xhat))                    (the IN backward applied to ddx)
+#   d_dy  = m*(w*h + ddw*xhat + ddb)
+#   d_w   = sum_{n,hw} dz*h,  d_b = 0
+#   d_x   = r*(F - mean(F) - xhat*mean(F*xhat)) - (r^2/M)*xhat*E,   with
+#   F     = -(r/M)*(w*dz*S_ddx + ddx*w*S_dzx) + ddw*dz
+#   E     = w*S_dzdd - w*S_dz*S_dd/M - w*S_dzx*S_ddx/M
+# where M = H*W and the per-plane sums are S_dz = sum dz, S_dzx = sum dz*xhat, S_dd = sum ddx,
+# S_ddx = sum ddx*xhat, S_dzdd = sum dz*ddx (mean(F) and mean(F*xhat) follow from them in closed form).
+@_jit
+def _dbwd_load(X, DY, DDX, ptr_off, mask, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.constexpr):
+    """(xhat, dz, m, ddx) at ptr_off, zero where masked."""
+    xhat = (tl.load(X + ptr_off, mask=mask, other=0.0).to(ACC) - mean) * rstd
+    dy = tl.load(DY + ptr_off, mask=mask, other=0.0).to(ACC)
+    ddx = tl.load(DDX + ptr_off, mask=mask, other=0.0).to(ACC)
+    m = tl.where(mask, 1.0, 0.0).to(ACC)
+    if ACT:
+        m = tl.where(xhat * w + b > 0, m, m * slope)
+    xhat = tl.where(mask, xhat, 0.0)
+    return xhat, dy * m, m, ddx
+
+
+@_jit
+def _dbwd_elem(xhat, dz, m, ddx, s_dz, s_dzx, s_dd, s_ddx, s_dzdd, HW, rstd, w, ddw, ddb, ACC: tl.constexpr):
+    """(d_dy, d_x, dz*h) of the elements, given the plane sums."""
+    inv_m = tl.full((), 1.0, ACC) / HW
+    h = rstd * (ddx - s_dd * inv_m - xhat * (s_ddx * inv_m))
+    d_dy = m * (w * h + ddw * xhat + ddb)
+    c = rstd * inv_m
+    f = -c * (w * dz * s_ddx + ddx * (w * s_dzx)) + ddw * dz
+    mean_f = (-c * (w * s_dz * s_ddx + s_dd * w * s_dzx) + ddw * s_dz) * inv_m
+    mean_fx = (-c * (2.0 * w * s_dzx * s_ddx) + ddw * s_dzx) * inv_m
+    e = w * (s_dzdd - s_dz * s_dd * inv_m - s_dzx * s_ddx * inv_m)
+    d_x = rstd * (f - mean_f - xhat * mean_fx) - (rstd * rstd * inv_m * e) * xhat
+    return d_dy, d_x, dz * h
+
+
+@_jit
+def _dbwd_fused_kernel(
+    X,  # forward input
+    DY,  # first-backward upstream gradient, same strides as X
+    DDX,  # upstream gradient of dx, same strides as X
+    DDY_OUT,  # out: gradient w.r.t. dy
+    DX_OUT,  # out: gradient w.r.t. x
+    DW_PART,  # out (N*C,): sum of dz*h per plane (-> gradient w.r.t. the weight)
+    W,  # weight (C,) or dummy
+    B,  # bias (C,) or dummy
+    DDW,  # (C,) upstream gradient of dw (zeros when unused)
+    DDB,  # (C,) upstream gradient of db (zeros when unused)
+    MEAN,  # (N*C,) saved statistics
+    RSTD,
+    C,
+    HW,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    BLOCK: tl.constexpr,  # >= HW
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HW
+    ptr_off = base + offs.to(tl.int64) * stride_hw
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    w = 1.0
+    b = 0.0
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+        b = tl.load(B + c).to(ACC)
+    ddw = tl.load(DDW + c).to(ACC)
+    ddb = tl.load(DDB + c).to(ACC)
+    xhat, dz, m, ddx = _dbwd_load(X, DY, DDX, ptr_off, mask, mean, rstd, w, b, slope, ACT, ACC)
+    s_dz = tl.sum(dz, axis=0)
+    s_dzx = tl.sum(dz * xhat, axis=0)
+    s_dd = tl.sum(ddx, axis=0)
+    s_ddx = tl.sum(ddx * xhat, axis=0)
+    s_dzdd = tl.sum(dz * ddx, axis=0)
+    d_dy, d_x, dzh = _dbwd_elem(xhat, dz, m, ddx, s_dz, s_dzx, s_dd, s_ddx, s_dzdd, HW, rstd, w, ddw, ddb, ACC)
+    tl.store(DDY_OUT + ptr_off, d_dy.to(DDY_OUT.dtype.element_ty), mask=mask)
+    tl.store(DX_OUT + ptr_off, d_x.to(DX_OUT.dtype.element_ty), mask=mask)
+    tl.store(DW_PART + pid, tl.sum(tl.where(mask, dzh, 0.0), axis=0))
+
+
+@_jit
+def _dbwd_reduce_kernel(
+    X,
+    DY,
+    DDX,
+    SUMS,  # out (5, N*C, K): per-chunk S_dz, S_dzx, S_dd, S_ddx, S_dzdd
+    W,
+    B,
+    MEAN,
+    RSTD,
+    HW,
+    C,
+    K,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    TILE: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    w = 1.0
+    b = 0.0
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+        b = tl.load(B + c).to(ACC)
+    a_dz = tl.zeros([TILE], dtype=ACC)
+    a_dzx = tl.zeros([TILE], dtype=ACC)
+    a_dd = tl.zeros([TILE], dtype=ACC)
+    a_ddx = tl.zeros([TILE], dtype=ACC)
+    a_dzdd = tl.zeros([TILE], dtype=ACC)
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE):
+        offs = start + i + tl.arange(0, TILE)
+        mask = offs < HW
+        ptr_off = base + offs.to(tl.int64) * stride_hw
+        xhat, dz, m, ddx = _dbwd_load(X, DY, DDX, ptr_off, mask, mean, rstd, w, b, slope, ACT, ACC)
+        a_dz += dz
+        a_dzx += dz * xhat
+        a_dd += ddx
+        a_ddx += ddx * xhat
+        a_dzdd += dz * ddx
+    plane = tl.num_programs(0) * K  # N*C*K: the stride between the five sums
+    idx = pid * K + k
+    tl.store(SUMS + idx, tl.sum(a_dz, axis=0))
+    tl.store(SUMS + plane + idx, tl.sum(a_dzx, axis=0))
+    tl.store(SUMS + 2 * plane + idx, tl.sum(a_dd, axis=0))
+    tl.store(SUMS + 3 * plane + idx, tl.sum(a_ddx, axis=0))
+    tl.store(SUMS + 4 * plane + idx, tl.sum(a_dzdd, axis=0))
+
+
+@_jit
+def _dbwd_apply_kernel(
+    X,
+    DY,
+    DDX,
+    DDY_OUT,  # out: gradient w.r.t. dy
+    DX_OUT,  # out: gradient w.r.t. x
+    DW_PART,  # out (N*C, K): per-chunk sum of dz*h
+    SUMS,  # (5, N*C, K) from _dbwd_reduce_kernel
+    W,
+    B,
+    DDW,
+    DDB,
+    MEAN,
+    RSTD,
+    HW,
+    C,
+    K,
+    stride_n,
+    stride_c,
+    stride_hw,
+    slope,
+    HAS_W: tl.constexpr,
+    ACT: tl.constexpr,
+    CHUNK: tl.constexpr,
+    TILE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // C
+    c = pid % C
+    base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    w = 1.0
+    b = 0.0
+    if HAS_W:
+        w = tl.load(W + c).to(ACC)
+        b = tl.load(B + c).to(ACC)
+    ddw = tl.load(DDW + c).to(ACC)
+    ddb = tl.load(DDB + c).to(ACC)
+    plane = tl.num_programs(0) * K
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    row = SUMS + pid * K + ks
+    s_dz = tl.sum(tl.load(row, mask=kmask, other=0.0), axis=0)
+    s_dzx = tl.sum(tl.load(row + plane, mask=kmask, other=0.0), axis=0)
+    s_dd = tl.sum(tl.load(row + 2 * plane, mask=kmask, other=0.0), axis=0)
+    s_ddx = tl.sum(tl.load(row + 3 * plane, mask=kmask, other=0.0), axis=0)
+    s_dzdd = tl.sum(tl.load(row + 4 * plane, mask=kmask, other=0.0), axis=0)
+    acc = tl.zeros([TILE], dtype=ACC)
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE):
+        offs = start + i + tl.arange(0, TILE)
+        mask = offs < HW
+        ptr_off = base + offs.to(tl.int64) * stride_hw
+        xhat, dz, m, ddx = _dbwd_load(X, DY, DDX, ptr_off, mask, mean, rstd, w, b, slope, ACT, ACC)
+        d_dy, d_x, dzh = _dbwd_elem(xhat, dz, m, ddx, s_dz, s_dzx, s_dd, s_ddx, s_dzdd, HW, rstd, w, ddw, ddb, ACC)
+        tl.store(DDY_OUT + ptr_off, d_dy.to(DDY_OUT.dtype.element_ty), mask=mask)
+        tl.store(DX_OUT + ptr_off, d_x.to(DX_OUT.dtype.element_ty), mask=mask)
+        acc += tl.where(mask, dzh, 0.0)
+    tl.store(DW_PART + pid * K + k, tl.sum(acc, axis=0))
+
+
 # ----------------------------------------------------------------------------------------------- host side
 def _check_runnable(x: torch.Tensor) -> None:
     if triton is None:
@@ -400,7 +618,10 @@ def _layout(x: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
 
 def _acc(x: torch.Tensor) -> tuple[torch.dtype, object]:
     """Accumulation dtype (torch, triton): fp32, or fp64 for fp64 inputs so that gradcheck is meaningful."""
-    return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
+    wide = x.dtype == torch.float64
+    if triton is None:
+        return (torch.float64 if wide else torch.float32), None
+    return (torch.float64, tl.float64) if wide else (torch.float32, tl.float32)
 
 
 def _plan(nc: int, hw: int, chunk_size: int | None) -> tuple[int, int, int]:
@@ -515,6 +736,64 @@ def _(dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, chunk_si
     return torch.empty_like(x), ch, torch.empty_like(ch)
 
 
+@torch.library.custom_op("deblurgan_kernels::in_act_bwd2", mutates_args=())
+def _in_act_bwd2(
+    ddx: torch.Tensor,
+    ddw: torch.Tensor | None,
+    ddb: torch.Tensor | None,
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    negative_slope: float,
+    eps: float,
+    activation: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Double backward: gradients w.r.t. (dy, x, weight) of <ddx, dx> + <ddw, dw> + <ddb, db> (bias: zero)."""
+    x, fmt = _layout(x)
+    dy = dy.contiguous(memory_format=fmt)
+    ddx = ddx.contiguous(memory_format=fmt)
+    n, c, h, w = x.shape
+    nc, hw = n * c, h * w
+    acc, acc_tl = _acc(x)
+    has_w = weight is not None
+    wt = weight.contiguous() if has_w else x
+    bt = bias.contiguous() if has_w else x
+    ddw = torch.zeros(c, device=x.device, dtype=acc) if ddw is None else ddw.to(acc).contiguous()
+    ddb = torch.zeros(c, device=x.device, dtype=acc) if ddb is None else ddb.to(acc).contiguous()
+    d_dy = torch.empty_like(x)
+    d_x = torch.empty_like(x)
+    sn, sc, _, sw = x.stride()
+    chunk, k, tile = _plan(nc, hw, chunk_size or None)
+    dw_part = torch.empty(nc, k, device=x.device, dtype=acc)
+    if chunk == 0:
+        block = triton.next_power_of_2(hw)
+        _dbwd_fused_kernel[(nc,)](
+            x, dy, ddx, d_dy, d_x, dw_part, wt, bt, ddw, ddb, mean, rstd, c, hw, sn, sc, sw, negative_slope,
+            HAS_W=has_w, ACT=activation, BLOCK=block, ACC=acc_tl, num_warps=min(max(block // 256, 1), 8),
+        )  # fmt: skip
+    else:
+        sums = torch.empty(5, nc, k, device=x.device, dtype=acc)
+        common = dict(HAS_W=has_w, ACT=activation, CHUNK=chunk, TILE=tile, ACC=acc_tl, num_warps=4)
+        _dbwd_reduce_kernel[(nc, k)](
+            x, dy, ddx, sums, wt, bt, mean, rstd, hw, c, k, sn, sc, sw, negative_slope, **common
+        )  # fmt: skip
+        _dbwd_apply_kernel[(nc, k)](
+            x, dy, ddx, d_dy, d_x, dw_part, sums, wt, bt, ddw, ddb, mean, rstd, hw, c, k, sn, sc, sw, negative_slope,
+            BLOCK_K=triton.next_power_of_2(k), **common,
+        )  # fmt: skip
+    return d_dy, d_x, dw_part.view(n, c, k).sum(dim=(0, 2))
+
+
+@_in_act_bwd2.register_fake
+def _(ddx, ddw, ddb, dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, chunk_size):
+    ch = x.new_empty(x.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return torch.empty_like(x), torch.empty_like(x), ch
+
+
 def composite_backward(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -524,15 +803,16 @@ def composite_backward(
     eps: float,
     activation: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of instance_norm_act in differentiable torch ops (fp32): (dx, dw, db)."""
-    xf = x.float()
+    """The backward of instance_norm_act in differentiable torch ops (fp32, fp64 for fp64): (dx, dw, db)."""
+    acc = _acc(x)[0]
+    xf = x.to(acc)
     var, mean = torch.var_mean(xf, dim=(2, 3), unbiased=False, keepdim=True)
     rstd = torch.rsqrt(var + eps)
     xhat = (xf - mean) * rstd
-    dz = dy.float()
+    dz = dy.to(acc)
     if weight is not None:
-        w = weight.float().view(1, -1, 1, 1)
-        z = xhat * w + bias.float().view(1, -1, 1, 1)
+        w = weight.to(acc).view(1, -1, 1, 1)
+        z = xhat * w + bias.to(acc).view(1, -1, 1, 1)
     else:
         w, z = 1.0, xhat
     if activation:
@@ -562,28 +842,78 @@ _in_act_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 
 
 def _bwd_setup(ctx, inputs, output):
-    dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, _ = inputs
-    ctx.save_for_backward(dy, x, weight, bias)
-    ctx.args = (negative_slope, eps, activation)
+    dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, chunk_size = inputs
+    ctx.save_for_backward(dy, x, weight, bias, mean, rstd)
+    ctx.args = (negative_slope, eps, activation, chunk_size)
 
 
 def _bwd_backward(ctx, ddx, ddw, ddb):
-    # mean and rstd are functions of x: composite_backward recomputes them, so the x-gradient is complete
-    # and the saved statistics get none.
-    dy, x, weight, bias = ctx.saved_tensors
-    slope, eps, act = ctx.args
-    if weight is None:
-        fn = lambda dy_, x_: composite_backward(dy_, x_, None, None, slope, eps, act)
-        _, vjp = torch.func.vjp(fn, dy, x)
-        ddy, dxx = vjp((ddx, ddw, ddb))
-        return ddy, dxx, None, None, None, None, None, None, None, None
-    fn = lambda dy_, x_, w_, b_: composite_backward(dy_, x_, w_, b_, slope, eps, act)
-    _, vjp = torch.func.vjp(fn, dy, x, weight, bias)
-    ddy, dxx, dww, dbb = vjp((ddx, ddw, ddb))
-    return ddy, dxx, dww, dbb, None, None, None, None, None, None
+    # mean and rstd are functions of x: the double-backward formula includes their dependence on x, so the
+    # saved statistics themselves get no gradient.
+    dy, x, weight, bias, mean, rstd = ctx.saved_tensors
+    if ddx is None:
+        ddx = torch.zeros_like(x)
+    d_dy, d_x, d_w = _in_act_bwd2(ddx, ddw, ddb, dy, x, weight, bias, mean, rstd, *ctx.args)
+    d_w = d_w.to(weight.dtype) if weight is not None else None
+    return d_dy, d_x, d_w, None, None, None, None, None, None, None
 
 
 _in_act_bwd.register_autograd(_bwd_backward, setup_context=_bwd_setup)
+
+
+def composite_double_backward(
+    ddx: torch.Tensor,
+    ddw: torch.Tensor | None,
+    ddb: torch.Tensor | None,
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    negative_slope: float,
+    eps: float,
+    activation: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(d_dy, d_x, d_w) of the double backward in differentiable torch ops (the vjp of composite_backward)."""
+    acc = _acc(x)[0]
+    c = x.shape[1]
+    ddw = torch.zeros(c, device=x.device, dtype=acc) if ddw is None else ddw.to(acc)
+    ddb = torch.zeros(c, device=x.device, dtype=acc) if ddb is None else ddb.to(acc)
+    if weight is None:
+        fn = lambda dy_, x_: composite_backward(dy_, x_, None, None, negative_slope, eps, activation)
+        _, vjp = torch.func.vjp(fn, dy, x)
+        return (*vjp((ddx, ddw, ddb)), None)
+    fn = lambda dy_, x_, w_: composite_backward(dy_, x_, w_, bias, negative_slope, eps, activation)
+    _, vjp = torch.func.vjp(fn, dy, x, weight)
+    return vjp((ddx, ddw, ddb))
+
+
+def _bwd2_setup(ctx, inputs, output):
+    ddx, ddw, ddb, dy, x, weight, bias, _mean, _rstd, negative_slope, eps, activation, _ = inputs
+    ctx.save_for_backward(ddx, ddw, ddb, dy, x, weight, bias)
+    ctx.args = (negative_slope, eps, activation)
+
+
+def _bwd2_backward(ctx, g_dy, g_x, g_w):
+    # Third order and beyond (not needed by training): the vjp of the composite double backward.
+    saved = dict(zip(("ddx", "ddw", "ddb", "dy", "x", "weight", "bias"), ctx.saved_tensors, strict=True))
+    slope, eps, act = ctx.args
+    names = [k for k, v in saved.items() if v is not None]
+
+    def fn(*tensors):
+        t = saved | dict(zip(names, tensors, strict=True))
+        d_dy, d_x, d_w = composite_double_backward(
+            t["ddx"], t["ddw"], t["ddb"], t["dy"], t["x"], t["weight"], t["bias"], slope, eps, act
+        )
+        return (d_dy, d_x) if d_w is None else (d_dy, d_x, d_w)
+
+    outs, vjp = torch.func.vjp(fn, *(saved[k] for k in names))
+    cots = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, (g_dy, g_x, g_w), strict=False))
+    grads = dict(zip(names, vjp(cots), strict=True))
+    order = ("ddx", "ddw", "ddb", "dy", "x", "weight", "bias")
+    return (*(grads.get(k) for k in order), None, None, None, None, None, None)
+
+
+_in_act_bwd2.register_autograd(_bwd2_backward, setup_context=_bwd2_setup)
 
 
 # ----------------------------------------------------------------------------------------------- public API
@@ -618,15 +948,16 @@ def instance_norm_act_reference(
     eps: float = 1e-5,
     activation: bool = True,
 ) -> torch.Tensor:
-    """The same function in plain PyTorch ops with fp32 statistics (what the kernels are tested against).
+    """The same function in plain PyTorch ops, fp32 math (fp64 for fp64): what the kernels are tested against.
 
     Unlike F.instance_norm it also accepts 1x1 planes (output act(bias), gradient zero).
     """
-    xf = x.float()
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(acc)
     var, mean = torch.var_mean(xf, dim=(2, 3), unbiased=False, keepdim=True)
     y = (xf - mean) * torch.rsqrt(var + eps)
     if weight is not None:
-        y = y * weight.float().view(1, -1, 1, 1) + bias.float().view(1, -1, 1, 1)
+        y = y * weight.to(acc).view(1, -1, 1, 1) + bias.to(acc).view(1, -1, 1, 1)
     if activation:
         y = torch.nn.functional.leaky_relu(y, negative_slope) if negative_slope else torch.relu(y)
     return y.to(x.dtype)

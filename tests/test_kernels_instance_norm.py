@@ -141,12 +141,30 @@ def test_second_derivatives_match_reference_fp32(chunk):
     def second(f):
         y = f(x, w, b, 0.2, 1e-5, True)
         gx, gw, _ = torch.autograd.grad(y, [x, w, b], dy, create_graph=True)
-        return torch.autograd.grad((gx * v).sum() + (gw * u).sum(), [x, dy, w, b])
+        return torch.autograd.grad((gx * v).sum() + (gw * u).sum(), [x, dy, w, b], materialize_grads=True)
 
     fused = second(lambda *a: instance_norm_act(*a, chunk_size=chunk))
     ref = second(instance_norm_act_reference)
     for a, r in zip(fused, ref, strict=True):
         torch.testing.assert_close(a, r, atol=2e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_third_order_matches_reference_float64(affine):
+    """Beyond the double backward (which is Triton) the derivatives come from composite ops: still exact."""
+    x, w, b, dy = _inputs((2, 3, 4, 5), torch.float64, affine, seed=4)
+    dy.requires_grad_(True)
+    if affine:
+        w, b = w.detach().double().requires_grad_(True), b.detach().double().requires_grad_(True)
+    v, u = torch.randn_like(x), torch.randn_like(x)
+
+    def third(f):
+        (gx,) = torch.autograd.grad(f(x, w, b, 0.2), x, dy, create_graph=True)
+        g2 = torch.autograd.grad((gx * v).sum(), [x, dy], create_graph=True)
+        return torch.autograd.grad(sum((g * u).sum() for g in g2), [x, dy] + ([w, b] if affine else []))
+
+    for a, r in zip(third(instance_norm_act), third(instance_norm_act_reference), strict=True):
+        torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-8)
 
 
 def test_composite_backward_is_the_backward():
