@@ -28,7 +28,7 @@ multiple of 4, deterministically (synthetic val draws its kernel from (seed, ind
 Randomness: each item seeds a numpy Generator from (seed, index) and, for training, one draw from torch's global
 RNG, so `torch.manual_seed` makes runs repeatable and DataLoader workers (which torch seeds per worker and epoch)
 never repeat each other. Missing partners are reported when the dataset is built; unreadable files and size
-mismatches when the item is read, always with the path.
+mismatches when the item is read, always with the path, or all at once up front by `check_pairs(ds)`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ __all__ = [
     "PairedDataset",
     "SyntheticDataset",
     "build_dataset",
+    "check_pairs",
     "describe_dataset",
     "gopro_pairs",
     "paired_folder_pairs",
@@ -241,6 +242,42 @@ def gopro_pairs(root: str | Path, split: str = "train", blur_dir: str = "blur") 
     if not pairs:
         raise DeblurGANError(f"gopro: no images under {base}")
     return pairs
+
+
+def check_pairs(ds: Dataset) -> list[str]:
+    """Problems of a dataset's files without decoding pixels (headers only): one line with the path per problem.
+
+    Checks that every file opens as an image and that paired files have the same size (aligned files: even
+    width). Call it before a long training run; an empty list means nothing was found.
+    """
+    from PIL import Image
+
+    def size(path: Path) -> tuple[int, int] | None:
+        try:
+            with Image.open(path) as im:
+                return im.size
+        except (OSError, SyntaxError, ValueError) as e:
+            problems.append(f"{path}: unreadable image ({type(e).__name__})")
+            return None
+
+    problems: list[str] = []
+    parts = getattr(ds, "parts", None) or getattr(ds, "datasets", None) or [ds]
+    for part in parts:
+        if isinstance(part, PairedDataset):
+            for b, sh in part.pairs:
+                bs, ss = size(b), size(sh)
+                if bs and ss and bs != ss:
+                    problems.append(f"{b}: size {bs[0]}x{bs[1]} differs from its sharp partner {sh} ({ss[0]}x{ss[1]})")
+        elif isinstance(part, AlignedDataset):
+            for f in part.files:
+                fs = size(f)
+                if fs and fs[0] % 2:
+                    problems.append(f"{f}: aligned image width {fs[0]} is odd")
+        elif isinstance(part, SyntheticDataset):
+            for src in part.sources:
+                if not src.startswith("skimage:"):
+                    size(Path(src))
+    return problems
 
 
 # ----------------------------------------------------------------------------------------------- synthetic

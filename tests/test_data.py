@@ -14,6 +14,7 @@ from deblurgan.data import (
     CombinedDataset,
     SyntheticDataset,
     build_dataset,
+    check_pairs,
     describe_dataset,
 )
 from deblurgan.errors import DeblurGANError
@@ -132,6 +133,7 @@ def test_paired_matches_by_relative_path_ignoring_extension(tmp_path):
     assert len(ds) == 2
     for i in range(2):
         _assert_aligned(ds[i])
+    assert check_pairs(ds) == []
 
 
 def test_missing_partner_reported_with_path(gopro):
@@ -147,6 +149,9 @@ def test_size_mismatch_and_corrupt_file_reported_with_path(tmp_path):
     (tmp_path / "b" / "c.png").write_bytes(b"\x89PNG truncated")
     _save(tmp_path / "s" / "c.png", _rand(rng, 20, 20))
     ds = build_dataset(f"paired:{tmp_path / 'b'},{tmp_path / 's'}", "train", crop=8)
+    problems = check_pairs(ds)
+    assert len(problems) == 2 and any("c.png: unreadable" in p for p in problems)
+    assert any(p.endswith("m.png (24x20)") for p in problems)
     names = [b.name for b, _ in ds.pairs]
     with pytest.raises(DeblurGANError, match=r"m.png: size 20x20 differs .*m.png \(24x20\)"):
         ds[names.index("m.png")]
