@@ -39,19 +39,34 @@ SHEET_MAX = 64
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine.synth", description=__doc__.split("\n")[0])
-    p.add_argument("sharp_dir", type=Path, help="folder of sharp images (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (blur/, sharp/, psf/, manifest.json)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--per-image", type=int, default=1, help="blurred versions per sharp image (default 1)")
+    p.add_argument("sharp_dir", type=Path, metavar="SHARP_DIR", help="folder of sharp images (searched recursively)")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="OUT_DIR", help="output folder (blur/, sharp/, psf/, manifest.json)"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--per-image", type=int, default=1, metavar="N", help="blurred versions per sharp image (default 1)")
     p.add_argument(
         "--fraction",
         default="random",
+        metavar="F",
         help="exposure fraction of the trajectory: one of 0.01, 0.1, 0.5, 1 or 'random' (uniform, the default)",
     )
-    p.add_argument("--gamma", type=float, nargs="?", const=2.2, default=None, help="blur in linear light (2.2)")
-    p.add_argument("--noise", type=float, default=0.0, help="gaussian noise std in [0, 1] units (default 0)")
-    p.add_argument("--poisson", type=float, default=None, help="Poisson noise: photons at white (e.g. 1000)")
-    p.add_argument("--canvas", type=int, default=64, help="PSF size in pixels (default 64)")
+    p.add_argument(
+        "--gamma",
+        type=float,
+        nargs="?",
+        const=2.2,
+        default=None,
+        metavar="G",
+        help="blur in linear light with this gamma (2.2 when given alone; put it after SHARP_DIR)",
+    )
+    p.add_argument(
+        "--noise", type=float, default=0.0, metavar="STD", help="gaussian noise std in [0, 1] units (default 0)"
+    )
+    p.add_argument(
+        "--poisson", type=float, default=None, metavar="PEAK", help="Poisson noise: photons at white (e.g. 1000)"
+    )
+    p.add_argument("--canvas", type=int, default=64, metavar="K", help="PSF size in pixels (default 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
