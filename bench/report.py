@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -30,11 +31,14 @@ PAPER_MS = {"DeblurGAN": 850.0, "DeepDeblur": 4330.0}
 GROUP_ORDER = ["models", "kernels", "inference", "train", "data"]
 EXPECTED = {
     "kernels": ["eager", "compile", "triton"],
-    "inference": ["eager", "compile", "aoti", "onnxruntime", "tensorrt"],
+    "inference": ["eager", "eager-fp16", "compile", "aoti", "onnxruntime", "tensorrt"],
     "train": ["eager", "engine"],
     "data": ["reference"],
 }
-BASELINES = {"data": ("reference",)}  # speed-up columns per group; default below
+# speed-up columns per group (default below); a backend "x" also matches "x-fp16" etc. in "not measured"
+BASELINES = {"data": ("reference",), "inference": ("eager", "eager-fp16")}
+CROSS_DTYPE_GROUPS = {"inference"}
+ENGINE_720P = re.compile(r"generator 720p b\d+$")  # inference rows that join the model table
 DEFAULT_BASELINES = ("eager", "compile")
 
 
@@ -182,11 +186,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _speedup(row: Row, rows: Sequence[Row], backend: str) -> float | None:
-    """ms of the `backend` row with the same case/shape/dtype divided by this row's ms (>1: this row is faster)."""
-    base = next((r for r in rows if r.key == row.key and r.backend == backend), None)
+    """Baseline ms per item / this row's (>1: this row is faster); same case and shape, same dtype unless the
+    group's backend names carry the dtype (inference: eager fp32 vs an fp16 engine is the user's question)."""
+    same = [r for r in rows if r.backend == backend and r.case == row.case and r.shape == row.shape]
+    base = next((r for r in same if r.dtype == row.dtype), None)
+    if base is None and row.group in CROSS_DTYPE_GROUPS and len(same) == 1:
+        base = same[0]
     if base is None or row.ms_per_item <= 0:
         return None
     return base.ms_per_item / row.ms_per_item
+
+
+def _variants(backend: str) -> list[str]:
+    """'compile-fp16' -> ['compile']: the prefixes a backend also counts for in "not measured"."""
+    parts = backend.split("-")
+    return ["-".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def title(res: Results) -> str:
@@ -238,37 +252,44 @@ def section_ceilings(res: Results) -> list[str]:
     return lines + _table(["ceiling", "size", "measured"], rows) + [""]
 
 
-def section_models(res: Results) -> list[str]:
+def _hw(row: Row) -> list[str]:
+    return row.shape.split("×")[-2:]
+
+
+def _model_rows(res: Results) -> list[Row]:
+    """Rows of the models suite, plus full-size 720p generator rows of the inference suite (the engine's backends)."""
     rows = [r for r in res.rows if r.extra.get("model")]
+    for r in res.group("inference"):
+        dup = any(m.backend == r.backend and m.dtype == r.dtype and m.shape == r.shape for m in rows)
+        if not r.extra.get("model") and ENGINE_720P.match(r.case) and r.extra.get("full_size") and not dup:
+            gflop = r.extra["flop"] / r.items / 1e9 if r.extra.get("flop") else None
+            rows.append(Row(**{**r.__dict__, "extra": {**r.extra, "model": "DeblurGAN", "gflop_720p": gflop}}))
+    return rows
+
+
+def section_models(res: Results) -> list[str]:
+    rows = _model_rows(res)
     lines = ["## DeblurGAN vs DeepDeblur (paper Table 1, runtime column)", ""]
     if not rows:
         return lines + ["Not measured in this run (no benchmark with a `model`).", ""]
+    peers = [p for p in rows if p.extra.get("model") == "DeepDeblur" and p.backend == "eager"]
     body = []
     for r in rows:
-        peer = next(
-            (
-                p
-                for p in rows
-                if p.extra.get("model") == "DeepDeblur"
-                and p.dtype == r.dtype
-                and p.shape.split("×")[-2:] == r.shape.split("×")[-2:]
-                and p.backend == "eager"
-            ),
-            None,
-        )
+        peer = next((p for p in peers if p.dtype == r.dtype and _hw(p) == _hw(r)), None)
         ratio = peer.ms_per_item / r.ms_per_item if peer and r.ms_per_item > 0 else None
         gflop = r.extra.get("gflop_720p")
         params = r.extra.get("params")
         batch = r.shape.split("×")[0] if "×" in r.shape else "?"
+        tf32 = "/TF32" if r.extra.get("tf32_convs") else ""
         body.append(
             [
-                f"{r.extra['model']} ({r.backend}, {r.dtype}{'/TF32' if r.extra.get('tf32_convs') else ''}, b{batch})",
+                f"{r.extra['model']} ({r.backend}, {r.dtype}{tf32}, b{batch})",
                 f"{params / 1e6:.2f} M" if params else "-",
                 f"{gflop:.0f}" if gflop else "-",
                 r.shape,
                 fmt_ms(r.ms_per_item),
                 fmt_x(ratio),
-                f"{r.extra['tflops']:.2f}" if r.extra.get("tflops") else "-",
+                fmt_num(r.extra["tflops"]) if r.extra.get("tflops") else "-",
             ]
         )
     lines += _table(
@@ -278,8 +299,8 @@ def section_models(res: Results) -> list[str]:
     lines += [
         "",
         "GFLOP = 2 × multiply-accumulates (torch.utils.flop_counter), counted for one 3×720×1280 frame; a transposed",
-        "conv counts its useful work (input pixels × kernel). Speed-up = DeepDeblur ms / method ms, same run, same",
-        "dtype and input size (batch-normalised per frame).",
+        "conv counts its useful work (input pixels × kernel). Speed-up = DeepDeblur eager ms / method ms per frame,",
+        "same run, same dtype and input size. Rows other than eager are the engine's backends (inference suite).",
         f"The paper reports {PAPER_MS['DeblurGAN'] / 1e3:.2f} s (DeblurGAN) vs {PAPER_MS['DeepDeblur'] / 1e3:.2f} s "
         f"(DeepDeblur) per GoPro frame on a Titan X, {PAPER_MS['DeepDeblur'] / PAPER_MS['DeblurGAN']:.1f}× (context "
         "only: other hardware, other frameworks).",
@@ -327,10 +348,11 @@ def section_group(res: Results, group: str) -> list[str]:
     baselines = BASELINES.get(group, DEFAULT_BASELINES)
     header += [f"vs {b}" for b in baselines]
     lines += _table(header, _generic_rows(res, rows, with_bw, with_tf, baselines))
-    missing = [b for b in EXPECTED.get(group, []) if not any(r.backend == b for r in rows)]
+    missing = [b for b in EXPECTED.get(group, []) if not any(b in (r.backend, *_variants(r.backend)) for r in rows)]
     lines += [
         "",
-        "ms = median per call (CUDA events on GPU). vs X = X's ms per item / this row's, same case, shape, dtype.",
+        "ms = median per call (CUDA events on GPU). vs X = X's ms per item / this row's, same case and shape"
+        + (" (any dtype: backend names carry it)." if group in CROSS_DTYPE_GROUPS else " and dtype."),
     ]
     if missing:
         lines += [f"Not measured in this run: {', '.join(missing)}."]

@@ -272,6 +272,70 @@ def _synthetic(gpu: bool = True) -> dict:
             dtype="float32",
         ),
         _bench("test_crops[b16]", "data", 10.0, case="blurred crops", backend="engine", items=16),
+        _bench(
+            "test_dd16",
+            "models",
+            1.0,
+            device_ms=40.0,
+            case="forward",
+            backend="eager",
+            model="DeepDeblur",
+            params=11_719_953,
+            gflop_720p=9448.0,
+            shape=s720,
+            dtype="float16",
+            full_size=True,
+        ),
+        # inference suite: the engine's backends join the model table (eager fp32 b1 duplicates the models row)
+        _bench(
+            "test_inf_eager",
+            "inference",
+            21.0,
+            case="generator 720p b1",
+            backend="eager",
+            shape=s720,
+            dtype="float32",
+            flop=1393.6e9,
+            items=1,
+            params=11_378_179,
+            full_size=True,
+        ),
+        _bench(
+            "test_inf_c16",
+            "inference",
+            5.0,
+            case="generator 720p b1",
+            backend="compile-fp16",
+            shape=s720,
+            dtype="float16",
+            flop=1393.6e9,
+            items=1,
+            params=11_378_179,
+            full_size=True,
+        ),
+        _bench(
+            "test_inf_c16_b8",
+            "inference",
+            32.0,
+            case="generator 720p b8",
+            backend="compile-fp16",
+            shape=[8, 3, 720, 1280],
+            dtype="float16",
+            flop=8 * 1393.6e9,
+            items=8,
+            params=11_378_179,
+            full_size=True,
+        ),
+        _bench(
+            "test_inf_256",
+            "inference",
+            1.0,
+            case="generator 256 b1",
+            backend="compile-fp16",
+            shape=[1, 3, 256, 256],
+            dtype="float16",
+            full_size=True,
+        ),
     ]
     return {
         "machine_info": {"deblurgan": env},
@@ -293,17 +357,23 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md
     assert "4000 GB/s" in md and "700.0 TFLOP/s" in md
     # device_ms wins over the host median; DeepDeblur 80 ms / DeblurGAN 20 ms = 4x
-    assert "| DeblurGAN (eager, float32/TF32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.68 |" in md
+    assert "| DeblurGAN (eager, float32/TF32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.7 |" in md
     assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× | - |" in md
     assert "| DeblurGAN (eager, float32, b8) | 11.38 M | 1394 | 8×3×720×1280 | 10.0 | 8.00× |" in md  # per frame
     assert "tiny stand-ins" not in md
+    # the engine's 720p inference rows, vs DeepDeblur of the same dtype (40 ms fp16); eager fp32 b1 not repeated
+    assert "| DeblurGAN (compile-fp16, float16, b1) | 11.38 M | 1394 | 1×3×720×1280 | 5.00 | 8.00× | - |" in md
+    assert "| DeblurGAN (compile-fp16, float16, b8) | 11.38 M | 1394 | 8×3×720×1280 | 4.00 | 10.00× | - |" in md
+    assert "| DeblurGAN (eager, float32, b1)" not in md and "generator 256" not in md.split("## Kernels")[0]
+    # inference: backends carry their dtype, so the fp16 engine is compared with eager fp32 (21 ms / 5 ms)
+    assert "| generator 720p b1 | 1×3×720×1280 | float16 | compile-fp16 | 5.00 | 4.20× | - |" in md
+    assert "Not measured in this run: eager-fp16, aoti, onnxruntime, tensorrt." in md
     # kernels: triton 0.5 ms vs eager 2 ms and compile 1 ms; 3000 / 4000 GB/s = 75 %
     assert "| in_relu fwd | 1×64×720×1280 | float16 | triton | 0.500 | 3000 | 75.0 % | 4.00× | 2.00× |" in md
     assert "| in_relu fwd | 1×64×720×1280 | float16 | eager | 2.00 | 1000 | 25.0 % | 1.00× | 0.50× |" in md
     # no eager/compile row of the same dtype: no invented speed-up
     assert "| in_relu fwd | 1×64×720×1280 | float32 | eager | 0.100 | - | - | 1.00× | - |" in md
     assert "| blurred crops | - | - | engine | 10.0 (0.625 / item, 1600 items/s) | - |" in md
-    assert "Not measured in this run (no `inference` benchmarks)." in md
     assert "Not measured in this run (no `train` benchmarks)." in md
     assert "Not measured in this run: reference." in md  # data group lacks the reference loop
 
