@@ -234,7 +234,7 @@ def _note_tiling(deblurrer, height: int, width: int) -> None:
     _NOTED.add((height, width))
     n = len(plan.windows())
     if deblurrer.tile_stats == "global":
-        how = "whole-image IN statistics: exact, but about one extra pass per IN layer; --tile-stats tile is faster"
+        how = "whole-image IN statistics: exact, about 2x the work of one pass; --tile-stats tile is faster"
     else:
         how = "per-tile IN statistics: one pass, blended seams, approximate"
     print(f"note: {width}x{height} runs in {n} tiles of {plan.tile} px ({how})", file=sys.stderr)

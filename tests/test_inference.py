@@ -355,3 +355,22 @@ def test_windows_per_pass_respect_the_memory_budget():
     runner.calls.clear()
     Deblurrer(runner=runner, tile=32, overlap=8, memory_budget=32 * 32 * per_px).deblur_tensor(x)
     assert max(s[0] for s in runner.calls) == 1
+
+
+def test_exact_tiling_cache_changes_cost_not_numbers(gen):
+    """Host-cached window states (default) and full prefix recomputation (cache_budget=0) agree."""
+    from deblurgan.inference import _ExactTiles
+
+    x = torch.rand(1, 3, 150, 190) * 2 - 1
+    runner = TorchRunner(gen)
+    cached = Deblurrer(runner=runner, tile=128).deblur_tensor(x)
+    recomputed = Deblurrer(runner=runner, tile=128, cache_budget=0).deblur_tensor(x)
+    torch.testing.assert_close(cached, recomputed, atol=1e-6, rtol=0)
+    xp = pad_to_multiple(x)
+    plan = Deblurrer(runner=runner, tile=128).plan(*xp.shape[-2:])
+    tiles = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=2**30)
+    tiles.run()
+    assert tiles.cache_at > 10  # the final pass started from the cached input of the upsampling layers
+    none = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=0)
+    none.run()
+    assert none.cache_at == 0 and none.cache is None
