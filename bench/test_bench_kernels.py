@@ -29,6 +29,7 @@ FWD_CASES_CUDA = [
 ]
 FWD_BWD_CASES_CUDA = [((1, 64, 720, 1280), torch.float16, True), ((1, 256, 180, 320), torch.float16, True)]
 CPU_CASES = [((1, 8, 36, 64), torch.float32, True)]
+CRITIC_FWD_GFLOP_256 = 7.220  # torch.utils.flop_counter, the authors' critic on one 3x256x256 crop
 
 
 def _cases(cuda_cases):
@@ -117,7 +118,7 @@ def test_bench_in_lrelu_double_backward(benchmark, backend):
         torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-3)
     measure(
         benchmark, step, case="in_lrelu double bwd", backend=backend, shape=shape, dtype=torch.float32,
-        bytes=9 * tensor_bytes(x),  # floor, see FLOORS.md: fwd 2, bwd 3, double bwd reads x, dy, v, writes 2
+        bytes=10 * tensor_bytes(x),  # IN floor (FLOORS.md): fwd 2 + bwd 3 + double bwd 5 tensor passes
     )  # fmt: skip
 
 
@@ -152,4 +153,7 @@ def test_bench_critic_update_gp(benchmark, backend, mode):
         rtol=1e-4,
     )
     update()
-    measure(benchmark, update, case=f"critic update + gp ({mode})", backend=backend, shape=[1, 3, size, size])
+    measure(
+        benchmark, update, case=f"critic update + gp ({mode})", backend=backend, shape=[1, 3, size, size],
+        flop=12 * CRITIC_FWD_GFLOP_256 * 1e9 if on_gpu() else None,  # ~12 forward-equivalents, see FLOORS.md
+    )  # fmt: skip
