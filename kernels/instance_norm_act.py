@@ -47,6 +47,7 @@ FUSED_MAX = 4096  # planes up to this many elements are normalized by one progra
 TILE = 1024  # elements per loop step in the chunked kernels
 TARGET_PROGRAMS = 1024  # chunks are sized so that N*C*chunks reaches about this many programs
 MAX_CHUNK = 65536
+FAST_EAGER = True  # False: always go through the custom ops (for testing that path in eager mode)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -638,8 +639,7 @@ def _plan(nc: int, hw: int, chunk_size: int | None) -> tuple[int, int, int]:
     return chunk, triton.cdiv(hw, chunk), min(TILE, chunk)
 
 
-@torch.library.custom_op("deblurgan_kernels::in_act_fwd", mutates_args=())
-def _in_act_fwd(
+def _fwd_impl(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
@@ -678,6 +678,9 @@ def _in_act_fwd(
     return y, mean, rstd
 
 
+_in_act_fwd = torch.library.custom_op("deblurgan_kernels::in_act_fwd", _fwd_impl, mutates_args=())
+
+
 @_in_act_fwd.register_fake
 def _(x, weight, bias, negative_slope, eps, activation, chunk_size):
     nc = x.shape[0] * x.shape[1]
@@ -685,8 +688,7 @@ def _(x, weight, bias, negative_slope, eps, activation, chunk_size):
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("deblurgan_kernels::in_act_bwd", mutates_args=())
-def _in_act_bwd(
+def _bwd_impl(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -730,14 +732,16 @@ def _in_act_bwd(
     return dx, dw, db
 
 
+_in_act_bwd = torch.library.custom_op("deblurgan_kernels::in_act_bwd", _bwd_impl, mutates_args=())
+
+
 @_in_act_bwd.register_fake
 def _(dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, chunk_size):
     ch = x.new_empty(x.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     return torch.empty_like(x), ch, torch.empty_like(ch)
 
 
-@torch.library.custom_op("deblurgan_kernels::in_act_bwd2", mutates_args=())
-def _in_act_bwd2(
+def _bwd2_impl(
     ddx: torch.Tensor,
     ddw: torch.Tensor | None,
     ddb: torch.Tensor | None,
@@ -788,6 +792,9 @@ def _in_act_bwd2(
     return d_dy, d_x, dw_part.view(n, c, k).sum(dim=(0, 2))
 
 
+_in_act_bwd2 = torch.library.custom_op("deblurgan_kernels::in_act_bwd2", _bwd2_impl, mutates_args=())
+
+
 @_in_act_bwd2.register_fake
 def _(ddx, ddw, ddb, dy, x, weight, bias, mean, rstd, negative_slope, eps, activation, chunk_size):
     ch = x.new_empty(x.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -832,7 +839,7 @@ def _fwd_setup(ctx, inputs, output):
 
 def _fwd_backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _in_act_bwd(dy, x, weight, bias, mean, rstd, *ctx.args)
+    dx, dw, db = _call(_InActBwd, _in_act_bwd, dy, x, weight, bias, mean, rstd, *ctx.args)
     if weight is None:
         return dx, None, None, None, None, None, None
     return dx, dw.to(weight.dtype), db.to(bias.dtype), None, None, None, None
@@ -853,7 +860,7 @@ def _bwd_backward(ctx, ddx, ddw, ddb):
     dy, x, weight, bias, mean, rstd = ctx.saved_tensors
     if ddx is None:
         ddx = torch.zeros_like(x)
-    d_dy, d_x, d_w = _in_act_bwd2(ddx, ddw, ddb, dy, x, weight, bias, mean, rstd, *ctx.args)
+    d_dy, d_x, d_w = _call(_InActBwd2, _in_act_bwd2, ddx, ddw, ddb, dy, x, weight, bias, mean, rstd, *ctx.args)
     d_w = d_w.to(weight.dtype) if weight is not None else None
     return d_dy, d_x, d_w, None, None, None, None, None, None, None
 
@@ -916,6 +923,42 @@ def _bwd2_backward(ctx, g_dy, g_x, g_w):
 _in_act_bwd2.register_autograd(_bwd2_backward, setup_context=_bwd2_setup)
 
 
+# Eager fast path: the same implementations, setup and backward functions as the custom ops, wrapped in
+# autograd.Functions. A custom-op call costs tens of microseconds of host time (dispatcher, schema checks),
+# comparable to the kernels themselves at 1x256x180x320; torch.compile, torch.export and torch.func see the
+# custom ops instead (their tensors are subclasses, or a compile / functorch transform is active).
+class _InActFwd(torch.autograd.Function):
+    forward = staticmethod(_fwd_impl)
+    setup_context = staticmethod(_fwd_setup)
+    backward = staticmethod(_fwd_backward)
+
+
+class _InActBwd(torch.autograd.Function):
+    forward = staticmethod(_bwd_impl)
+    setup_context = staticmethod(_bwd_setup)
+    backward = staticmethod(_bwd_backward)
+
+
+class _InActBwd2(torch.autograd.Function):
+    forward = staticmethod(_bwd2_impl)
+    setup_context = staticmethod(_bwd2_setup)
+    backward = staticmethod(_bwd2_backward)
+
+
+def _plain_eager(t: torch.Tensor) -> bool:
+    return (
+        type(t) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
+
+
+def _call(fn: type[torch.autograd.Function], op, *args):
+    """`fn.apply(*args)` in plain eager mode, else the custom op `op(*args)` (traceable)."""
+    first = next(a for a in args if isinstance(a, torch.Tensor))
+    return fn.apply(*args) if FAST_EAGER and _plain_eager(first) else op(*args)
+
+
 # ----------------------------------------------------------------------------------------------- public API
 def instance_norm_act(
     x: torch.Tensor,
@@ -936,7 +979,8 @@ def instance_norm_act(
     _check_runnable(x)
     if x.numel() == 0:
         raise ValueError(f"instance_norm_act got an empty tensor of shape {tuple(x.shape)}")
-    y, _, _ = _in_act_fwd(x, weight, bias, float(negative_slope), float(eps), bool(activation), chunk_size or 0)
+    args = (x, weight, bias, float(negative_slope), float(eps), bool(activation), chunk_size or 0)
+    y, _, _ = _call(_InActFwd, _in_act_fwd, *args)
     return y
 
 

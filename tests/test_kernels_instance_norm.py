@@ -16,6 +16,7 @@ from torch import nn  # noqa: E402
 
 pytest.importorskip("triton")
 
+import kernels.instance_norm_act as ina  # noqa: E402
 from kernels.instance_norm_act import (  # noqa: E402
     InstanceNormAct,
     composite_backward,
@@ -24,6 +25,14 @@ from kernels.instance_norm_act import (  # noqa: E402
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(params=["fast-eager", "custom-op"])
+def dispatch(request, monkeypatch):
+    """Run a test through both call paths: autograd.Functions (eager) and the torch.library custom ops."""
+    monkeypatch.setattr(ina, "FAST_EAGER", request.param == "fast-eager")
+    return request.param
+
 
 # (shape, chunk_size): chunk_size None = the automatic plan
 SHAPES = [
@@ -115,7 +124,7 @@ GRADGRAD_CASES = [
 
 
 @pytest.mark.parametrize("shape,chunk,affine,slope,act,fast", GRADGRAD_CASES)
-def test_gradcheck_and_gradgradcheck_float64(shape, chunk, affine, slope, act, fast):
+def test_gradcheck_and_gradgradcheck_float64(shape, chunk, affine, slope, act, fast, dispatch):
     x, w, b, _ = _inputs(shape, torch.float64, affine, seed=1)
     if affine:
         w = w.detach().double().requires_grad_(True)
@@ -130,7 +139,7 @@ def test_gradcheck_and_gradgradcheck_float64(shape, chunk, affine, slope, act, f
 
 
 @pytest.mark.parametrize("chunk", [None, 16])
-def test_second_derivatives_match_reference_fp32(chunk):
+def test_second_derivatives_match_reference_fp32(chunk, dispatch):
     """d/d(x, dy, w, b) of <dx, v> and of <dw, u>: what the WGAN-GP double backward needs."""
     shape = (2, 3, 7, 9)
     x, w, b, dy = _inputs(shape, torch.float32, True, seed=2)
@@ -150,7 +159,7 @@ def test_second_derivatives_match_reference_fp32(chunk):
 
 
 @pytest.mark.parametrize("affine", [False, True])
-def test_third_order_matches_reference_float64(affine):
+def test_third_order_matches_reference_float64(affine, dispatch):
     """Beyond the double backward (which is Triton) the derivatives come from composite ops: still exact."""
     x, w, b, dy = _inputs((2, 3, 4, 5), torch.float64, affine, seed=4)
     dy.requires_grad_(True)
@@ -173,6 +182,13 @@ def test_composite_backward_is_the_backward():
     expected = torch.autograd.grad(yr, [x, w, b], dy)
     for a, r in zip(composite_backward(dy, x, w, b, 0.2, 1e-5, True), expected, strict=True):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
+
+
+def test_dispatch_paths(dispatch):
+    """Plain eager calls take the low-overhead autograd.Function path; otherwise the custom op."""
+    y = instance_norm_act(torch.randn(1, 2, 3, 3, device=DEVICE, requires_grad=True))
+    expected = "_InActFwdBackward" if dispatch == "fast-eager" else "in_act_fwd"
+    assert expected in type(y.grad_fn).__name__ or expected in y.grad_fn.name()
 
 
 def test_module_state_dict_matches_instance_norm2d():
