@@ -57,7 +57,6 @@ class DataConfig:
     train: str | None = None  # a data spec (gopro:PATH, synthetic:PATH, combined:...); None = bundled samples
     val: str | None = None  # None = the validation split of `train`
     crop: int = 256
-    val_crop: int | None = None  # None = full images
     batch_size: int = 1
     num_workers: int = 4
     val_max_images: int = 0  # 0 = all
@@ -94,8 +93,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_every": 10,
         "loss": {"vgg_weights": "auto"},
         "model": {"ngf": 32, "n_blocks": 6},
-        "optim": {"epochs_constant": 3, "epochs_decay": 2, "critic_updates": 5},
-        "data": {"crop": 64, "val_crop": 128, "num_workers": 0, "val_max_images": 4},
+        "optim": {"epochs_constant": 1, "epochs_decay": 1, "critic_updates": 5},
+        "data": {"crop": 64, "num_workers": 0, "val_max_images": 4},
     },
 }
 
@@ -200,8 +199,13 @@ def _all_keys() -> dict[str, list[tuple[str, ...]]]:
     return leaves
 
 
+ALIASES = {"data": ("data", "train")}  # --data gopro:PATH
+
+
 def resolve_key(key: str) -> tuple[str, ...]:
     """'lr' -> ('optim', 'lr'); 'data.crop' -> ('data', 'crop'); unknown or ambiguous keys are errors."""
+    if key in ALIASES:
+        return ALIASES[key]
     leaves = _all_keys()
     if "." in key:
         path = tuple(key.split("."))
@@ -298,10 +302,8 @@ def validate(cfg: TrainConfig) -> None:
             raise DeblurGANError(f"{key} must be in [0, 1) (got {flat[key]})")
     if not 0.0 <= cfg.ema < 1.0:
         raise DeblurGANError(f"ema must be in [0, 1), e.g. 0.999 (got {cfg.ema})")
-    for key in ("data.crop", "data.val_crop"):
-        v = flat[key]
-        if v is not None and (v < 4 or v % 4):
-            raise DeblurGANError(f"{key} must be a multiple of 4 and >= 4 (got {v})")
+    if cfg.data.crop < 4 or cfg.data.crop % 4:
+        raise DeblurGANError(f"data.crop must be a multiple of 4 and >= 4 (got {cfg.data.crop})")
     dev = cfg.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise DeblurGANError(f"device must be auto, cpu, cuda or cuda:N (got {dev!r})")

@@ -85,7 +85,7 @@ def load_datasets(cfg: TrainConfig):
     except ImportError as e:
         raise DeblurGANError(f"the data module is not available ({e})") from None
     train = build_dataset(cfg.data.train, split="train", crop=cfg.data.crop, seed=cfg.seed)
-    val = build_dataset(cfg.data.val or cfg.data.train, split="val", crop=cfg.data.val_crop, seed=cfg.seed)
+    val = build_dataset(cfg.data.val or cfg.data.train, split="val", crop=None, seed=cfg.seed)  # full frames
     return train, val
 
 

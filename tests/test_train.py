@@ -46,7 +46,7 @@ def tiny_cfg(**over):
         "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
         "loss": {"vgg_weights": "random"},
         "optim": {"epochs_constant": 2, "epochs_decay": 2, "critic_updates": 2},
-        "data": {"crop": 32, "val_crop": 32, "num_workers": 0},
+        "data": {"crop": 32, "num_workers": 0},
         "save_every": 2,
         "log_every": 1,
         "samples": 2,
