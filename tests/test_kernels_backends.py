@@ -142,6 +142,37 @@ def test_full_size_networks_gpu():
         )
 
 
+_NO_TRITON_SCRIPT = """
+import sys
+sys.modules["triton"] = None  # import triton now raises ImportError
+import torch
+from deblurgan.layers import resolve_backend
+from kernels.gradient_penalty import gradient_penalty
+from kernels.instance_norm_act import InstanceNormAct, instance_norm_act
+assert resolve_backend("auto", "cuda") == "torch"
+layer = InstanceNormAct(2)
+try:
+    layer(torch.randn(1, 2, 3, 3))
+except RuntimeError as e:
+    assert "triton" in str(e), e
+    print("clear error:", e)
+else:
+    raise AssertionError("no error without triton")
+"""
+
+
+def test_importable_without_triton():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "clear error" in proc.stdout
+
+
 # ----------------------------------------------------------------------------------------------- real GPU compile
 # The CPU interpreter does not type-check like the compiler does. Triton ships ptxas, so every kernel is also
 # compiled for an sm_90 (H100/H200) target without a GPU: a compile error or a register spill fails CI. It runs
