@@ -216,6 +216,16 @@ def test_compile_traces_without_graph_breaks():
     torch.testing.assert_close(g, g_r, atol=1e-5, rtol=1e-4)
 
 
+def test_export_keeps_the_op():
+    """torch.export sees one deblurgan_kernels.in_act_fwd node per layer, and the exported program runs."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), InstanceNormAct(4, 0.2)).to(DEVICE)
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    ep = torch.export.export(model, (x,))
+    assert "deblurgan_kernels.in_act_fwd" in str(ep.graph)
+    ref = nn.Sequential(model[0], nn.InstanceNorm2d(4), nn.LeakyReLU(0.2))
+    torch.testing.assert_close(ep.module()(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "make,exc,match",
     [
