@@ -47,6 +47,10 @@ FUSED_MAX = 4096  # planes up to this many elements are normalized by one progra
 TILE = 1024  # elements per loop step in the chunked kernels
 TARGET_PROGRAMS = 1024  # chunks are sized so that N*C*chunks reaches about this many programs
 MAX_CHUNK = 65536
+# channels_last inputs: False = computed on an NCHW copy (two extra passes, coalesced); True = read in place
+# with a stride of C between the elements of a plane (no copies, but uncoalesced on a GPU). A native NHWC
+# kernel (tiles of channels x pixels) would avoid both; it is not written yet.
+NATIVE_CHANNELS_LAST = False
 FAST_EAGER = True  # False: always go through the custom ops (for testing that path in eager mode)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -609,12 +613,17 @@ def _check_input(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tenso
 
 
 def _layout(x: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
-    """x as NCHW- or channels_last-contiguous (H*W then has a single stride), and that format."""
+    """x as NCHW-contiguous, or channels_last-contiguous when NATIVE_CHANNELS_LAST (H*W then has a single
+    stride either way), and that format."""
     if x.is_contiguous():
         return x, torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last):
+    if NATIVE_CHANNELS_LAST and x.is_contiguous(memory_format=torch.channels_last):
         return x, torch.channels_last
     return x.contiguous(), torch.contiguous_format
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _acc(x: torch.Tensor) -> tuple[torch.dtype, object]:
@@ -648,6 +657,9 @@ def _fwd_impl(
     activation: bool,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not NATIVE_CHANNELS_LAST and _is_channels_last(x):  # computed in NCHW, returned in the input's layout
+        y, mean, rstd = _fwd_impl(x.contiguous(), weight, bias, negative_slope, eps, activation, chunk_size)
+        return y.contiguous(memory_format=torch.channels_last), mean, rstd
     x, _ = _layout(x)
     n, c, h, w = x.shape
     nc, hw = n * c, h * w

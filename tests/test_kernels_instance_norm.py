@@ -91,8 +91,10 @@ def test_forward_backward_matches_reference(shape, chunk, dtype, atol, rtol, aff
     _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act)
 
 
+@pytest.mark.parametrize("native", [False, True])  # NCHW copy / strided in-place kernels
 @pytest.mark.parametrize("chunk", [None, 8])  # one program per plane / 4 chunks per plane
-def test_channels_last(chunk):
+def test_channels_last(chunk, native, monkeypatch):
+    monkeypatch.setattr(ina, "NATIVE_CHANNELS_LAST", native)
     y = _check_against_reference((2, 3, 6, 5), chunk, torch.float32, 1e-5, 1e-4, True, 0.2, True, torch.channels_last)
     assert y.is_contiguous(memory_format=torch.channels_last)
 
