@@ -217,7 +217,8 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         for mod in (self.gen, self.critic, self.perceptual):
             mod.to(memory_format=self.memory_format)
-        if self.world > 1:
+        if self.world > 1:  # ranks are seeded differently: start from rank 0's weights (before the EMA copy)
+            self._broadcast(self.gen)
             self._broadcast(self.critic)  # the critic is not wrapped in DDP (see _sync_critic_grads)
 
         o = cfg.optim
