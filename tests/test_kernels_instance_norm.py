@@ -12,6 +12,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (conftest does it too)
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 pytest.importorskip("triton")
@@ -89,6 +91,21 @@ def _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act
 @pytest.mark.parametrize("shape,chunk", SHAPES, ids=[f"{s}-chunk{c}" for s, c in SHAPES])
 def test_forward_backward_matches_reference(shape, chunk, dtype, atol, rtol, affine, slope, act):
     _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 3),
+    h=st.integers(1, 19),
+    w=st.integers(1, 23),
+    chunk=st.sampled_from([None, 1, 2, 8, 32, 128]),
+    affine=st.booleans(),
+    slope=st.sampled_from([0.0, 0.2]),
+)
+def test_random_shapes_and_chunkings(n, c, h, w, chunk, affine, slope):
+    """Any plane size with any chunking (chunk 1 = one element per chunk) gives the reference's y, dx, dw, db."""
+    _check_against_reference((n, c, h, w), chunk, torch.float32, 1e-5, 1e-4, affine, slope, True)
 
 
 @pytest.mark.parametrize("native", [False, True])  # NCHW copy / strided in-place kernels
