@@ -408,11 +408,14 @@ class Deblurrer:
             raise DeblurGANError(f"expected an N x 3 x H x W tensor, got {tuple(x.shape)}")
         h, w = x.shape[-2:]
         xp = pad_to_multiple(x.float().cpu())
-        plan = self.plan(*xp.shape[-2:], batch=min(len(xp), self.batch_size))
+        bs = min(len(xp), self.batch_size)
+        while bs > 1 and not self._fits(*xp.shape[-2:], batch=bs):
+            bs //= 2  # a smaller batch of whole images beats tiling each of them
+        plan = self.plan(*xp.shape[-2:], batch=bs)
         if self.test_time_dropout and self.seed is not None:
             torch.manual_seed(self.seed)
         if plan is None:
-            outs = [self._run(xp[i : i + self.batch_size]) for i in range(0, len(xp), self.batch_size)]
+            outs = [self._run(xp[i : i + bs]) for i in range(0, len(xp), bs)]
             y = torch.cat(outs)
         else:
             y = torch.cat([self._run_tiled(xp[i : i + 1], plan) for i in range(len(xp))])
@@ -422,11 +425,9 @@ class Deblurrer:
         """The tiling used for a padded HxW image, or None when it runs whole."""
         tile = self.tile
         if tile is None:
-            budget = self.memory_budget if self.memory_budget is not None else self._default_budget()
-            per_px = self._bytes_per_pixel()
-            if height * width * per_px * batch <= budget:
+            if self._fits(height, width, batch):
                 return None
-            tile = max(8, int(math.sqrt(budget / per_px)) // 4 * 4)
+            tile = max(8, int(math.sqrt(self._budget() / self._bytes_per_pixel())) // 4 * 4)
         if height <= tile and width <= tile:
             return None
         margin_needed = self._margin() if self.tile_stats == "global" else 0
@@ -459,6 +460,12 @@ class Deblurrer:
         itemsize = 2 if getattr(self.runner, "fp16", False) else 4
         return ngf * itemsize * 4  # ~3 live full-resolution activations of ngf channels, plus slack
 
+    def _fits(self, height: int, width: int, batch: int) -> bool:
+        return height * width * self._bytes_per_pixel() * batch <= self._budget()
+
+    def _budget(self) -> int:
+        return self.memory_budget if self.memory_budget is not None else self._default_budget()
+
     def _default_budget(self) -> int:
         dev = torch.device(getattr(self.runner, "device", "cpu"))
         if dev.type == "cuda":
@@ -468,8 +475,9 @@ class Deblurrer:
 
     def _window_batch(self, plan: TilePlan) -> int:
         """Windows per forward pass: at most batch_size, and only as many as the memory budget holds."""
-        budget = self.memory_budget if self.memory_budget is not None else self._default_budget()
-        fits = budget // max(1, min(plan.tile, plan.height) * min(plan.tile, plan.width) * self._bytes_per_pixel())
+        fits = self._budget() // max(
+            1, min(plan.tile, plan.height) * min(plan.tile, plan.width) * self._bytes_per_pixel()
+        )
         return max(1, min(self.batch_size, int(fits)))
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

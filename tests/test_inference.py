@@ -374,3 +374,12 @@ def test_exact_tiling_cache_changes_cost_not_numbers(gen):
     none = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=0)
     none.run()
     assert none.cache_at == 0 and none.cache is None
+
+
+def test_memory_budget_shrinks_the_batch_before_tiling():
+    runner = PointwiseRunner()
+    per_px = 64 * 4 * 4
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    d = Deblurrer(runner=runner, batch_size=2, memory_budget=32 * 32 * per_px)  # one whole image fits
+    torch.testing.assert_close(d.deblur_tensor(x), torch.tanh(2 * x), atol=1e-6, rtol=0)
+    assert runner.calls == [(1, 3, 32, 32), (1, 3, 32, 32)]
