@@ -383,3 +383,27 @@ def test_memory_budget_shrinks_the_batch_before_tiling():
     d = Deblurrer(runner=runner, batch_size=2, memory_budget=32 * 32 * per_px)  # one whole image fits
     torch.testing.assert_close(d.deblur_tensor(x), torch.tanh(2 * x), atol=1e-6, rtol=0)
     assert runner.calls == [(1, 3, 32, 32), (1, 3, 32, 32)]
+
+
+class IdentityRunner(PointwiseRunner):
+    max_batch = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 70),
+    w=st.integers(1, 70),
+    channels=st.sampled_from([0, 1, 3, 4]),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    tile=st.sampled_from([None, 16, 24]),
+)
+def test_pre_and_post_processing_are_exact_inverses(h, w, channels, dtype, tile):
+    """With an identity model every mode, size and tiling returns the input bit for bit."""
+    shape = (h, w) if channels == 0 else (h, w, channels)
+    img = RNG.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    out = Deblurrer(runner=IdentityRunner(), tile=tile, overlap=8 if tile else None).deblur(img)
+    assert out.dtype == img.dtype
+    np.testing.assert_array_equal(out, img)
