@@ -189,8 +189,9 @@ def _norm_act_kernel(
     BLOCK_K: tl.constexpr,  # next power of two >= K
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
 ):
-    pid = tl.program_id(0)
-    k = tl.program_id(1)
+    # reverse of the reduction pass's launch order: the chunks it read last are likely still in L2
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    k = tl.num_programs(1) - 1 - tl.program_id(1)
     n = pid // C
     c = pid % C
     mean, rstd = _combine_stats(MEAN_PART, M2_PART, pid, HW, K, eps, CHUNK, BLOCK_K, ACC)
@@ -342,8 +343,9 @@ def _bwd_dx_kernel(
     BLOCK_K: tl.constexpr,
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
 ):
-    pid = tl.program_id(0)
-    k = tl.program_id(1)
+    # reverse of the reduction pass's launch order: the chunks it read last are likely still in L2
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    k = tl.num_programs(1) - 1 - tl.program_id(1)
     n = pid // C
     c = pid % C
     base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
@@ -552,8 +554,9 @@ def _dbwd_apply_kernel(
     BLOCK_K: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    k = tl.program_id(1)
+    # reverse of the reduction pass's launch order: the chunks it read last are likely still in L2
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    k = tl.num_programs(1) - 1 - tl.program_id(1)
     n = pid // C
     c = pid % C
     base = n.to(tl.int64) * stride_n + c.to(tl.int64) * stride_c
