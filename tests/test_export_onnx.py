@@ -152,3 +152,20 @@ def test_parse_size():
     for bad in ("64", "64x", "63x64", "4x4", "axb"):
         with pytest.raises(Exception, match="size"):
             parse_size(bad)
+
+
+def test_authors_checkpoint_and_triton_config_export(tmp_path):
+    """The authors' release (bare DataParallel state dict) and a checkpoint trained with Triton kernels."""
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=64, n_blocks=1)).eval()
+    original = {f"module.{k}": v for k, v in g.state_dict().items()}
+    torch.save(original, tmp_path / "latest_net_G.pth")
+    assert main(["--checkpoint", str(tmp_path / "latest_net_G.pth"), "--out", str(tmp_path / "a.onnx")]) == 0
+    assert '"n_blocks": 1' in read_metadata(tmp_path / "a.onnx")["deblurgan.generator_config"]
+
+    ckpt = torch.load(save_generator(random_generator(), tmp_path / "t.pth"), weights_only=True)
+    ckpt["generator_config"]["kernels"] = "triton"  # as saved by a Triton-kernel training run
+    torch.save(ckpt, tmp_path / "t.pth")
+    assert main(["--checkpoint", str(tmp_path / "t.pth"), "--out", str(tmp_path / "t.onnx")]) == 0
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "t.onnx")).graph.node}
+    assert "InstanceNormalization" in ops
