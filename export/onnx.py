@@ -89,6 +89,8 @@ class OnnxExporter:
     def __init__(self, generator: Generator, io: str = "float", opset: int = OPSET) -> None:
         if io not in IO_MODES:
             raise DeblurGANError(f"--io must be one of {IO_MODES} (got {io!r})")
+        if opset < OPSET:  # the dynamo exporter cannot down-convert reflect Pad below 18
+            raise DeblurGANError(f"--opset must be >= {OPSET} (got {opset})")
         self.generator = generator.eval()
         self.io = io
         self.opset = opset

@@ -126,6 +126,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "multiples of 4" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "x.txt")]) == 2
     assert ".onnx" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--opset", "17"]) == 2
+    assert "--opset must be >= 18" in capsys.readouterr().err
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     assert main(["--checkpoint", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
