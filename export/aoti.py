@@ -105,9 +105,15 @@ class AotiExporter:
                     program, package_path=tmp, inductor_configs={"aot_inductor.metadata": self.metadata()}
                 )
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, Exception) and not isinstance(e, (DeblurGANError, OSError)):
+                # most often a missing/broken C++ compiler: say so in one line instead of a long traceback
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise DeblurGANError(
+                    f"AOTInductor compilation failed ({first}); it needs a working C++ compiler (g++/clang++)"
+                ) from e
             raise
         return out
 

@@ -174,3 +174,16 @@ def test_cuda_fp16_package_psnr(tmp_path):
         ref = g.cuda()(x)
     mse = (runner(x) - ref).pow(2).mean().item()
     assert 10 * np.log10(4.0 / max(mse, 1e-20)) >= 45.0
+
+
+def test_compile_failure_is_one_line_and_keeps_old_file(tmp_path, monkeypatch):
+    out = tmp_path / "g.pt2"
+    out.write_bytes(b"previous package")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("C++ compile error: g++ not found\nlong log ...")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", boom)
+    with pytest.raises(DeblurGANError, match="compilation failed .C\\+\\+ compile error: g\\+\\+ not found.; it needs"):
+        AotiExporter(Generator(GeneratorConfig(ngf=8, n_blocks=1))).export(out)
+    assert out.read_bytes() == b"previous package" and [p.name for p in tmp_path.iterdir()] == ["g.pt2"]
