@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -276,8 +277,10 @@ def gradient_penalty(
         eps = draw_eps(b, mode, real.device, torch.float32)
     elif tuple(eps.shape) != (b, 1, 1, 1):
         raise ValueError(f"eps must have shape ({b}, 1, 1, 1), got {tuple(eps.shape)}")
-    x_hat = gp_interpolate(real.detach(), fake.detach(), eps.detach()).requires_grad_(True)
-    scores = critic(x_hat)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    penalty, _ = _gp_penalty(grad, float(weight), mode == "pixel")
+    guard = torch.cuda.device(real.device) if real.is_cuda else contextlib.nullcontext()
+    with guard:  # Triton launches on the current CUDA device, which need not be the tensors'
+        x_hat = gp_interpolate(real.detach(), fake.detach(), eps.detach()).requires_grad_(True)
+        scores = critic(x_hat)
+        (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+        penalty, _ = _gp_penalty(grad, float(weight), mode == "pixel")
     return penalty

@@ -24,6 +24,7 @@ tensors or `TRITON_INTERPRET=1` set before triton is imported (CPU interpreter, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -971,7 +972,13 @@ def _plain_eager(t: torch.Tensor) -> bool:
 def _call(fn: type[torch.autograd.Function], op, *args):
     """`fn.apply(*args)` in plain eager mode, else the custom op `op(*args)` (traceable)."""
     first = next(a for a in args if isinstance(a, torch.Tensor))
-    return fn.apply(*args) if FAST_EAGER and _plain_eager(first) else op(*args)
+    with device_guard(first):  # Triton launches on the current CUDA device, which need not be the tensor's
+        return fn.apply(*args) if FAST_EAGER and _plain_eager(first) else op(*args)
+
+
+def device_guard(t: torch.Tensor):
+    """`torch.cuda.device(t.device)` for CUDA tensors, else a no-op context."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------- public API
