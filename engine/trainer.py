@@ -363,12 +363,12 @@ class Trainer:
                     now = time.perf_counter()
                     self._log_train(window, now - t_win)
                     window, t_win = [], now
+                if cfg.max_steps and self.step >= cfg.max_steps:
+                    break  # saved (with a validation) below
                 if self.step % cfg.save_every == 0:
                     pause = time.perf_counter()
                     self.save()
                     t_win += time.perf_counter() - pause
-                if cfg.max_steps and self.step >= cfg.max_steps:
-                    break
             pause = time.perf_counter()
             if self.batch_in_epoch >= self.steps_per_epoch:  # a full epoch
                 self.epoch += 1

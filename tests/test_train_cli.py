@@ -135,3 +135,21 @@ def test_paper_without_vgg_weights_stops_naming_both_options(tmp_path, monkeypat
 def test_resume_needs_a_run_folder(tmp_path, capsys) -> None:
     assert run_cli(main, ["--resume", str(tmp_path / "nope")]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
+
+
+def test_default_job_end_to_end_tiny(tmp_path, capsys) -> None:
+    """The no-argument job (bundled samples, synthetic blur) with a tiny model: every output is there."""
+    argv = ["--ngf", "8", "--n-blocks", "1", "--ndf", "8", "--crop", "32", "--critic-updates", "1", "--max-steps",
+            "3", "--vgg-weights", "random", "--val-max-images", "1", "--samples", "1", "--name", "t",
+            "--out-dir", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert run_cli(main, argv) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "preset demo" in err and "NOT the paper's loss" in err and "val PSNR" in err
+    run = tmp_path / "t"
+    for name in ("config.yaml", "train_log.csv", "val_log.csv", "metrics.json", "samples/latest.png"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] == 3
+    from deblurgan.checkpoint import load_generator
+
+    gen = load_generator(run / "checkpoints" / "step_00000003.pt")
+    assert gen.config.ngf == 8 and gen.config.n_blocks == 1

@@ -1,0 +1,73 @@
+"""One full training iteration (1 generator forward, `critic_updates` critic steps with GP, 1 generator step with
+the VGG loss): eager defaults vs the engine's speed switches, at batch 1 and 16.
+
+CUDA: the paper's model and 256x256 crops; `engine` = bf16 autocast + channels_last + fused Adam + torch.compile of
+the forwards + Triton kernels (kernels="auto"). CPU: a tiny model and 32x32 crops, `engine` = channels_last only
+(bf16 and compile do not help there); these numbers only show that the benchmark runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.timing import device, measure, on_gpu, pick
+from deblurgan.vgg import vgg19_features
+from engine.config import make_config
+from engine.trainer import Trainer
+
+
+class _NoData(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> dict:
+        raise IndexError  # the benchmark feeds batches itself
+
+
+def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
+    model = pick(cpu={"ngf": 8, "n_blocks": 1, "ndf": 8}, cuda={})
+    over: dict = {"model": dict(model), "data": {"batch_size": batch, "crop": pick(cpu=32, cuda=256)}}
+    if settings == "engine":
+        over.update(channels_last=True)
+        if on_gpu():
+            over.update(amp="bf16", compile=True)
+            over["model"]["kernels"] = "auto"
+            over["optim"] = {"fused_adam": True}
+    else:
+        over["optim"] = {"fused_adam": False}
+    cfg = make_config("paper", [over])
+    torch.manual_seed(0)
+    vgg = vgg19_features()[:15].eval().requires_grad_(False)  # random weights: the cost is the same
+    return Trainer(cfg, tmp_path / "run", _NoData(), vgg=vgg, progress=False)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("settings", ["eager", "engine"])
+def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -> None:
+    batch = batch if on_gpu() else min(batch, 2)
+    tr = _trainer(tmp_path, settings, batch)
+    crop = tr.cfg.data.crop
+    g = torch.Generator().manual_seed(1)
+    sharp = (torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).to(device())
+    blur = (sharp + torch.roll(sharp, 1, -1) + torch.roll(sharp, -1, -1)) / 3
+    for _ in range(pick(cpu=1, cuda=3)):  # compile / autotune / cudnn benchmark outside the timing
+        tr.train_step(blur, sharp)
+    benchmark.group = "train"
+    losses = measure(
+        benchmark,
+        lambda: tr.train_step(blur, sharp),
+        case=f"train iteration b{batch} ({tr.cfg.optim.critic_updates} critic + 1 generator step)",
+        backend=settings,
+        shape=[batch, 3, crop, crop],
+        dtype="bfloat16" if tr.cfg.amp == "bf16" else "float32",
+        items=batch,
+        settings={
+            "amp": tr.cfg.amp,
+            "channels_last": tr.cfg.channels_last,
+            "compile": tr.cfg.compile,
+            "kernels": tr.cfg.model.kernels,
+            "fused_adam": tr.cfg.optim.fused_adam and on_gpu(),
+        },  # fmt: skip
+    )
+    assert torch.isfinite(losses).all()  # the timed iterations really trained
