@@ -244,9 +244,9 @@ def section_ceilings(res: Results) -> list[str]:
     copy, mm = res.calibration("copy"), res.calibration("matmul")
     rows = []
     if copy and copy.extra.get("gbps"):
-        rows.append(["device-to-device copy", copy.shape, f"{copy.extra['gbps']:.0f} GB/s (read + write)"])
+        rows.append(["device-to-device copy", copy.shape, f"{fmt_num(copy.extra['gbps'])} GB/s (read + write)"])
     if mm and mm.extra.get("tflops"):
-        rows.append([f"matmul {mm.dtype}", mm.shape, f"{mm.extra['tflops']:.1f} TFLOP/s"])
+        rows.append([f"matmul {mm.dtype}", mm.shape, f"{fmt_num(mm.extra['tflops'])} TFLOP/s"])
     if not rows:
         return lines + ["Not measured in this run (no `calibration` benchmarks): % of bandwidth is not shown.", ""]
     return lines + _table(["ceiling", "size", "measured"], rows) + [""]

@@ -355,7 +355,7 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     md = _render(_synthetic(), tmp_path)
     assert md.startswith("# Benchmark report: NVIDIA H200")
     assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md
-    assert "4000 GB/s" in md and "700.0 TFLOP/s" in md
+    assert "4000 GB/s" in md and "700 TFLOP/s" in md
     # device_ms wins over the host median; DeepDeblur 80 ms / DeblurGAN 20 ms = 4x
     assert "| DeblurGAN (eager, float32/TF32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.7 |" in md
     assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× | - |" in md
