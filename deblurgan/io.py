@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import threading
+import warnings
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DeblurGANError
 
+MAX_PIXELS = 2**30  # 1 gigapixel: larger files are refused rather than risk exhausting memory
+_PIL_LIMIT_LOCK = threading.Lock()
 # PIL's defaults (JPEG quality 75 with 4:2:0 chroma) would visibly undo a deblurring; keep outputs near-lossless.
 _SAVE_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"quality": 95}}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -29,20 +33,31 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image as stored: uint8 or uint16, shape HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA).
 
-    Raises DeblurGANError with the path for missing, truncated or non-image files.
+    Raises DeblurGANError with the path for missing, truncated or non-image files, and for images above
+    `max_pixels` (PIL's own decompression-bomb limit, ~179 MP, is raised to this for the call).
     """
     path = Path(path)
     header = _png_header(path)
     if header is not None and header[2] == 16:
+        if header[0] * header[1] > max_pixels:
+            raise DeblurGANError(f"{path}: {header[0]}x{header[1]} is above the {max_pixels} pixel limit")
         return read_png16(path)
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            return _pil_to_array(im)
+        with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels // 2  # PIL errors above 2x this
+            try:
+                with Image.open(path) as im:
+                    im = ImageOps.exif_transpose(im)
+                    im.load()
+                    return _pil_to_array(im)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except Image.DecompressionBombError:
+        raise DeblurGANError(f"{path}: image is above the {max_pixels} pixel limit") from None
     except FileNotFoundError:
         raise DeblurGANError(f"{path}: file not found") from None
     except UnidentifiedImageError:

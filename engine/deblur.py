@@ -163,7 +163,7 @@ def run_jobs(jobs: list[Job], deblurrer, args: argparse.Namespace) -> int:
         except DeblurGANError as e:
             failed += 1
             tqdm.write(f"skipped {job.src}: {_strip_path(str(e), job.src)}", file=sys.stderr)
-        except (RuntimeError, OSError, MemoryError, ValueError) as e:  # e.g. out of memory on one huge file
+        except Exception as e:  # e.g. out of memory on one huge file: report it and go on with the others
             failed += 1
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             tqdm.write(f"skipped {job.src}: {type(e).__name__}: {msg}", file=sys.stderr)

@@ -66,6 +66,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.data) == bool(args.restored):
         raise DeblurGANError("give either --data (run the model) or --restored with --sharp (score files)")
+    if args.save and not args.data:
+        raise DeblurGANError("--save applies to --data (it writes the restored images)")
     if args.data:
         pairs = gopro_pairs(Path(args.data))
         deblurrer = make_deblurrer(args)
@@ -178,6 +180,10 @@ def score(pairs: list[Pair], deblurrer, save: Path | None, progress: bool) -> tu
         except DeblurGANError as e:
             failed += 1
             tqdm.write(f"skipped {pair.name}: {e}", file=sys.stderr)
+        except Exception as e:  # e.g. out of memory on one image: report it and go on
+            failed += 1
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            tqdm.write(f"skipped {pair.name}: {type(e).__name__}: {msg}", file=sys.stderr)
     return rows, failed
 
 

@@ -131,11 +131,12 @@ def test_module_entry_point_no_traceback(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
 
 
-def test_tile_option_matches_untiled(ckpt, tmp_path):
+def test_tile_option_matches_untiled(ckpt, tmp_path, capsys):
     img = RNG.integers(0, 256, (90, 150, 3), dtype=np.uint8)
     write_image(tmp_path / "big.png", img)
     main([str(tmp_path / "big.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "a"), "--device", "cpu"])
     main([str(tmp_path / "big.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--tile", "96"])
+    assert "note: 150x90 runs in 3 tiles of 96 px" in capsys.readouterr().err
     a, b = read_image(tmp_path / "a" / "big.png"), read_image(tmp_path / "b" / "big.png")
     assert np.abs(a.astype(int) - b).max() <= 1
 
@@ -213,3 +214,20 @@ def test_onnx_backend_same_result(ckpt, tmp_path):
     ]
     assert main([str(tmp_path / "x.png"), *args]) == 0  # per-tile statistics: runs, approximate
     assert read_image(tmp_path / "t" / "x.png").shape == img.shape
+
+
+def test_unexpected_failure_on_one_file_is_skipped(ckpt, inputs, tmp_path, capsys, monkeypatch):
+    import engine.deblur as cli
+
+    real = cli.deblur_image_file
+
+    def flaky(job, deblurrer, side_by_side):
+        if job.src.name == "rgb.png":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20 GiB\nmore details")
+        return real(job, deblurrer, side_by_side)
+
+    monkeypatch.setattr(cli, "deblur_image_file", flaky)
+    assert main([str(inputs), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "rgb.png: RuntimeError: CUDA out of memory. Tried to allocate 20 GiB" in err
+    assert "more details" not in err and (tmp_path / "o" / "sub" / "gray.png").is_file()

@@ -124,7 +124,12 @@ def test_size_mismatch_is_skipped(tmp_path, capsys):
 
 
 def test_usage_errors(tmp_path, capsys):
-    for argv in ([], ["--data", str(tmp_path), "--restored", str(tmp_path)], ["--restored", str(tmp_path)]):
+    for argv in (
+        [],
+        ["--data", str(tmp_path), "--restored", str(tmp_path)],
+        ["--restored", str(tmp_path)],
+        ["--restored", str(tmp_path), "--sharp", str(tmp_path), "--save", str(tmp_path / "s")],
+    ):
         assert main(argv) == 2
     assert main(["--data", str(tmp_path), "--checkpoint", "x.pt"]) == 2
     assert "SEQ/blur" in capsys.readouterr().err

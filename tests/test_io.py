@@ -266,3 +266,23 @@ def test_jpeg_written_at_high_quality(tmp_path):
     img = np.stack([x * 4, y * 4, (x * y) % 256], axis=2).astype(np.uint8)
     out = read_image(write_image(tmp_path / "x.jpg", img))
     assert np.abs(out.astype(int) - img).mean() < 5  # PIL's defaults (quality 75, 4:2:0) give ~15 here
+
+
+def test_pixel_limit(tmp_path):
+    img = rand((40, 50, 3))
+    write_image(tmp_path / "x.png", img)
+    write_image(tmp_path / "y.png", rand((40, 50, 3), np.uint16))
+    np.testing.assert_array_equal(read_image(tmp_path / "x.png"), img)
+    old = Image.MAX_IMAGE_PIXELS
+    for name in ("x.png", "y.png"):
+        with pytest.raises(DeblurGANError, match="pixel limit"):
+            read_image(tmp_path / name, max_pixels=500)
+    assert Image.MAX_IMAGE_PIXELS == old  # PIL's global setting is restored
+
+
+def test_above_pils_default_bomb_limit(tmp_path):
+    """~180 MP of 1-bit pixels (small on disk): PIL alone refuses; our limit (1 GP) reads it."""
+    Image.new("1", (15000, 12000)).save(tmp_path / "big.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+    assert read_image(tmp_path / "big.png").shape == (12000, 15000)
