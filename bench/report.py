@@ -36,8 +36,9 @@ EXPECTED = {
     "data": ["reference"],
 }
 # speed-up columns per group (default below); a backend "x" also matches "x-fp16" etc. in "not measured"
-BASELINES = {"data": ("reference",), "inference": ("eager", "eager-fp16")}
-CROSS_DTYPE_GROUPS = {"inference"}
+BASELINES = {"data": ("reference",), "inference": ("eager", "eager-fp16"), "train": ("eager",)}
+# groups whose rows differ in dtype by design (fp16 engines, bf16 training): compare with the one baseline row
+CROSS_DTYPE_GROUPS = {"inference", "train"}
 ENGINE_720P = re.compile(r"generator 720p b\d+$")  # inference rows that join the model table
 DEFAULT_BASELINES = ("eager", "compile")
 
@@ -352,7 +353,7 @@ def section_group(res: Results, group: str) -> list[str]:
     lines += [
         "",
         "ms = median per call (CUDA events on GPU). vs X = X's ms per item / this row's, same case and shape"
-        + (" (any dtype: backend names carry it)." if group in CROSS_DTYPE_GROUPS else " and dtype."),
+        + (" (any dtype: part of the backend)." if group in CROSS_DTYPE_GROUPS else " and dtype."),
     ]
     if missing:
         lines += [f"Not measured in this run: {', '.join(missing)}."]

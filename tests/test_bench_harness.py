@@ -336,6 +336,26 @@ def _synthetic(gpu: bool = True) -> dict:
             dtype="float16",
             full_size=True,
         ),
+        _bench(
+            "test_tr_e",
+            "train",
+            300.0,
+            case="train b16",
+            backend="eager",
+            shape=[16, 3, 256, 256],
+            dtype="float32",
+            items=16,
+        ),
+        _bench(
+            "test_tr_x",
+            "train",
+            100.0,
+            case="train b16",
+            backend="engine",
+            shape=[16, 3, 256, 256],
+            dtype="bfloat16",
+            items=16,
+        ),
     ]
     return {
         "machine_info": {"deblurgan": env},
@@ -374,7 +394,7 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     # no eager/compile row of the same dtype: no invented speed-up
     assert "| in_relu fwd | 1×64×720×1280 | float32 | eager | 0.100 | - | - | 1.00× | - |" in md
     assert "| blurred crops | - | - | engine | 10.0 (0.625 / item, 1600 items/s) | - |" in md
-    assert "Not measured in this run (no `train` benchmarks)." in md
+    assert "| train b16 | 16×3×256×256 | bfloat16 | engine | 100 (6.25 / item, 160 items/s) | 3.00× |" in md
     assert "Not measured in this run: reference." in md  # data group lacks the reference loop
 
 
