@@ -47,7 +47,8 @@ else:
 FUSED_MAX = 4096  # planes up to this many elements are normalized by one program (all in registers)
 TILE = 1024  # elements per loop step in the chunked kernels
 TARGET_PROGRAMS = 1024  # chunks are sized so that N*C*chunks reaches about this many programs
-MAX_CHUNK = 65536
+MAX_CHUNK = 65536  # elements per chunk chosen automatically, at most
+MAX_CHUNKS = 1024  # chunks per plane, at most (forced chunk sizes are raised to respect it)
 # channels_last inputs: False = computed on an NCHW copy (two extra passes, coalesced); True = read in place
 # with a stride of C between the elements of a plane (no copies, but uncoalesced on a GPU). A native NHWC
 # kernel (tiles of channels x pixels) would avoid both; it is not written yet.
@@ -645,10 +646,12 @@ def _plan(nc: int, hw: int, chunk_size: int | None) -> tuple[int, int, int]:
             return 0, 1, 0
         want = triton.cdiv(hw, max(1, TARGET_PROGRAMS // nc))
         chunk = min(max(triton.next_power_of_2(want), TILE), MAX_CHUNK)
-        return chunk, triton.cdiv(hw, chunk), TILE
-    if chunk_size < 1:
+    elif chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    chunk = triton.next_power_of_2(chunk_size)
+    else:
+        chunk = triton.next_power_of_2(chunk_size)
+    # at most MAX_CHUNKS per plane: every program merges all partials of its plane in registers
+    chunk = max(chunk, triton.next_power_of_2(triton.cdiv(hw, MAX_CHUNKS)))
     return chunk, triton.cdiv(hw, chunk), min(TILE, chunk)
 
 
