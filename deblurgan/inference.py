@@ -143,15 +143,16 @@ def image_to_tensor(image: np.ndarray) -> tuple[torch.Tensor, _Mode]:
         raise DeblurGANError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
     alpha = image[:, :, 3].copy() if image.shape[2] == 4 else None
     rgb = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image, 3, axis=2)
-    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-    x = x * (2.0 / scale) - 1.0
+    x = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None]  # a copy: scaled in place
+    x.mul_(2.0 / scale).sub_(1.0)
     mode = _Mode(image.dtype, gray=image.shape[2] == 1, squeeze=squeeze, alpha=alpha)
     return x, mode
 
 
 def tensor_to_image(y: torch.Tensor, mode: _Mode, squeeze: bool) -> np.ndarray:
     """Inverse of image_to_tensor for one image (1x3xHxW or 3xHxW in [-1, 1])."""
-    rgb = ((y.reshape(3, *y.shape[-2:]).float().cpu().clamp(-1, 1) + 1.0) * 0.5).permute(1, 2, 0).numpy()
+    y = y[0] if y.ndim == 4 else y
+    rgb = y.float().cpu().clamp(-1, 1).add_(1.0).mul_(0.5).permute(1, 2, 0).numpy()  # one new buffer, in place
     if mode.gray:
         out = rgb @ np.asarray(LUMA, dtype=np.float32)
         out = out if squeeze else out[:, :, None]
@@ -159,7 +160,9 @@ def tensor_to_image(y: torch.Tensor, mode: _Mode, squeeze: bool) -> np.ndarray:
         out = rgb
     if mode.dtype == np.uint8 or mode.dtype == np.uint16:
         scale = 255.0 if mode.dtype == np.uint8 else 65535.0
-        out = np.clip(np.rint(out * scale), 0, scale).astype(mode.dtype)
+        np.multiply(out, scale, out=out)
+        np.rint(out, out=out)
+        out = np.clip(out, 0, scale, out=out).astype(mode.dtype)
     else:
         out = out.astype(mode.dtype)
     if mode.alpha is not None:
@@ -396,7 +399,8 @@ class Deblurrer:
         for i, (x, _) in enumerate(converted):
             groups.setdefault(tuple(x.shape[-2:]), []).append(i)
         for idx in groups.values():
-            y = self.deblur_tensor(torch.cat([converted[i][0] for i in idx]))
+            xs = [converted[i][0] for i in idx]
+            y = self.deblur_tensor(xs[0] if len(xs) == 1 else torch.cat(xs))
             for j, i in enumerate(idx):
                 mode = converted[i][1]
                 out[i] = tensor_to_image(y[j], mode, mode.squeeze)
@@ -504,7 +508,7 @@ class Deblurrer:
             wt = wy[:, None] * wx[None, :]
             acc[0, :, y0:y1, x0:x1] += o * wt
             wsum[0, 0, y0:y1, x0:x1] += wt
-        return acc / wsum.clamp_min(1e-12)
+        return acc.div_(wsum.clamp_min_(1e-12))
 
 
 def available_memory() -> int:
