@@ -1004,6 +1004,8 @@ def instance_norm_act(
     _check_runnable(x)
     if x.numel() == 0:
         raise ValueError(f"instance_norm_act got an empty tensor of shape {tuple(x.shape)}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     args = (x, weight, bias, float(negative_slope), float(eps), bool(activation), chunk_size or 0)
     y, _, _ = _call(_InActFwd, _in_act_fwd, *args)
     return y

@@ -210,6 +210,17 @@ def test_dispatch_paths(dispatch):
     assert expected in type(y.grad_fn).__name__ or expected in y.grad_fn.name()
 
 
+def test_launch_plan():
+    """N=1, C=64 at 720p is spread over hundreds of programs; small planes take the fused path; chunks bounded."""
+    chunk, k, tile = ina._plan(64, 720 * 1280, None)
+    assert 64 * k >= 512 and chunk % tile == 0 and chunk * k >= 720 * 1280
+    assert ina._plan(16 * 256, 64 * 64, None)[0] == 0  # 64x64 planes: one program each
+    assert ina._plan(1, 16384 * 16384, None)[1] <= ina.MAX_CHUNKS
+    assert ina._plan(2, 4900, 512) == (512, 10, 512)  # a forced chunk size is honoured
+    with pytest.raises(ValueError, match="chunk_size"):
+        ina._plan(2, 4900, 0)
+
+
 def test_module_state_dict_matches_instance_norm2d():
     assert InstanceNormAct(8).state_dict().keys() == nn.InstanceNorm2d(8).state_dict().keys() == set()
     assert list(InstanceNormAct(8).parameters()) == []
