@@ -319,12 +319,18 @@ def test_tile_plan_geometry(size, tile, overlap):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp32_and_fp16_match_cpu(ckpt):
-    img = RNG.integers(0, 256, (67, 93, 3), dtype=np.uint8)
+    img = RNG.integers(0, 256, (150, 190, 3), dtype=np.uint8)
     cpu = Deblurrer(ckpt).deblur(img).astype(int)
     assert np.abs(Deblurrer(ckpt, device="cuda").deblur(img).astype(int) - cpu).max() <= 1
-    assert np.abs(Deblurrer(ckpt, device="cuda", fp16=True).deblur(img).astype(int) - cpu).mean() < 2
-    tiled = Deblurrer(ckpt, device="cuda", tile=48).deblur(img).astype(int)
-    assert np.abs(tiled - cpu).max() <= 1
+    half = Deblurrer(ckpt, device="cuda", fp16=True).deblur(img).astype(int)
+    assert np.abs(half - cpu).mean() < 2  # fp16 convolutions: a few levels at most, on average well under 2
+    d = Deblurrer(ckpt, device="cuda", tile=128, batch_size=3)
+    assert d.plan(152, 192) is not None
+    assert np.abs(d.deblur(img).astype(int) - cpu).max() <= 1  # exact tiling on the GPU
+    frames = [RNG.integers(0, 256, (36, 44, 3), dtype=np.uint8) for _ in range(5)]
+    batched = Deblurrer(ckpt, device="cuda", batch_size=4).deblur_batch(frames)
+    for f, b in zip(frames, batched, strict=True):
+        assert np.abs(b.astype(int) - Deblurrer(ckpt).deblur(f)).max() <= 1
 
 
 def test_global_stats_with_fused_triton_layers_uses_a_torch_copy(gen):
