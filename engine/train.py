@@ -90,6 +90,11 @@ def load_datasets(cfg: TrainConfig):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: user errors become `error: <one line>` and exit code 2 (see engine.cli)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     cfg, resume_dir = resolve(args, list(extra))
     if args.print_config:
@@ -126,4 +131,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

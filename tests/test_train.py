@@ -210,3 +210,43 @@ def test_speed_switches_match_eager_on_cpu(vgg, tmp_path, switch) -> None:
     idx = [0, 3, 4, 5]  # critic loss, content loss, GP, Wasserstein estimate
     assert out[0][0] > 1.0  # a large GP at init: not a trivially small number
     torch.testing.assert_close(out[1][idx], out[0][idx], **tol)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by bench/gpu_check.sh)")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize(
+    "switch, tol",
+    [
+        ({"channels_last": True}, 1e-3),  # TF32/cuDNN algorithm choices differ between layouts
+        ({"amp": "bf16", "channels_last": True, "model": {"dropout": 0.0, "kernels": "auto"}}, 0.06),
+    ],
+)
+def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    data = TinyPairs(2, size=64, seed=2)
+    out = []
+    for i, extra in enumerate([{}, switch]):
+        extra = dict(extra)
+        model = {"dropout": 0.0, **extra.pop("model", {})}
+        cfg = tiny_cfg(model=model, optim={"critic_updates": 1}, device="cuda", data={"crop": 64}, **extra)
+        tr = Trainer(cfg, tmp_path / f"r{i}", TinyPairs(2, size=64), vgg=vgg, progress=False)
+        assert tr.opt_g.defaults.get("fused") is True  # fused Adam on CUDA
+        torch.manual_seed(0)
+        out.append(tr.train_step(data.blur, data.sharp).cpu())
+    idx = [0, 3, 4, 5]
+    torch.testing.assert_close(out[1][idx], out[0][idx], rtol=tol, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_fit_with_all_switches_leaves_loadable_checkpoint(vgg, tmp_path) -> None:
+    cfg = tiny_cfg(device="cuda", amp="bf16", channels_last=True, ema=0.9, max_steps=4, model={"kernels": "auto"})
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(4), TinyPairs(1, seed=3), vgg=vgg, progress=False)
+    summary = tr.fit()
+    assert summary["step"] == 4 and summary["val"]["psnr"] > 0
+    gen = load_generator(tmp_path / "run" / "checkpoints" / "step_00000004.pt")
+    assert all(torch.isfinite(v).all() for v in gen.state_dict().values())

@@ -6,7 +6,6 @@ import pytest
 import torch
 import yaml
 
-from engine.cli import run_cli
 from engine.config import make_config, parse_overrides, resolve_key, to_dict
 from engine.train import main
 
@@ -86,7 +85,7 @@ def _resolve(argv):
     ],
 )
 def test_bad_config_is_one_line_error_and_no_work(argv, message, tmp_path, capsys) -> None:
-    rc = run_cli(main, [*argv, "--out-dir", str(tmp_path)])
+    rc = main([*argv, "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
@@ -105,13 +104,13 @@ def test_bad_yaml_files(tmp_path, capsys) -> None:
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)
-        assert run_cli(main, ["--config", str(tmp_path / name), "--print-config"]) == 2
+        assert main(["--config", str(tmp_path / name), "--print-config"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, (name, err)
 
 
 def test_print_config_round_trips(tmp_path, capsys) -> None:
-    assert run_cli(main, ["--preset", "paper", "--lr", "5e-5", "--print-config"]) == 0
+    assert main(["--preset", "paper", "--lr", "5e-5", "--print-config"]) == 0
     text = capsys.readouterr().out
     (tmp_path / "saved.yaml").write_text(text)
     again, _ = _resolve(["--config", str(tmp_path / "saved.yaml")])
@@ -125,7 +124,7 @@ def test_paper_without_vgg_weights_stops_naming_both_options(tmp_path, monkeypat
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    rc = run_cli(main, ["--preset", "paper", "--name", "x", "--out-dir", str(tmp_path / "runs")])
+    rc = main(["--preset", "paper", "--name", "x", "--out-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: ImageNet VGG19 weights not found")
     assert "--vgg-weights PATH" in err[-1] and str(tmp_path / "hub" / "checkpoints") in err[-1]
@@ -133,7 +132,7 @@ def test_paper_without_vgg_weights_stops_naming_both_options(tmp_path, monkeypat
 
 
 def test_resume_needs_a_run_folder(tmp_path, capsys) -> None:
-    assert run_cli(main, ["--resume", str(tmp_path / "nope")]) == 2
+    assert main(["--resume", str(tmp_path / "nope")]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
 
 
@@ -142,7 +141,7 @@ def test_default_job_end_to_end_tiny(tmp_path, capsys) -> None:
     argv = ["--ngf", "8", "--n-blocks", "1", "--ndf", "8", "--crop", "32", "--critic-updates", "1", "--max-steps",
             "3", "--vgg-weights", "random", "--val-max-images", "1", "--samples", "1", "--name", "t",
             "--out-dir", str(tmp_path), "--no-progress"]  # fmt: skip
-    assert run_cli(main, argv) == 0, capsys.readouterr().err
+    assert main(argv) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "preset demo" in err and "NOT the paper's loss" in err and "val PSNR" in err
     run = tmp_path / "t"
@@ -153,3 +152,17 @@ def test_default_job_end_to_end_tiny(tmp_path, capsys) -> None:
 
     gen = load_generator(run / "checkpoints" / "step_00000003.pt")
     assert gen.config.ngf == 8 and gen.config.n_blocks == 1
+
+
+def test_module_entry_point_bad_value_no_traceback(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "-m", "engine.train", "--gp-weight", "ten", "--out-dir", str(tmp_path)],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2 and res.stderr == "error: loss.gp_weight must be float (got 'ten')\n"
+    assert not any(tmp_path.iterdir())
