@@ -274,7 +274,7 @@ def gradient_penalty(
     _check_triton(real)
     b = real.shape[0]
     if eps is None:
-        eps = draw_eps(b, mode, real.device, torch.float32)
+        eps = draw_eps(b, mode, real.device, real.dtype)  # as the reference draws it
     elif tuple(eps.shape) != (b, 1, 1, 1):
         raise ValueError(f"eps must have shape ({b}, 1, 1, 1), got {tuple(eps.shape)}")
     guard = torch.cuda.device(real.device) if real.is_cuda else contextlib.nullcontext()
