@@ -30,6 +30,7 @@ from deblurgan.checkpoint import atomic_save, load_checkpoint, load_state_dict_s
 from deblurgan.config import CriticConfig, GeneratorConfig, config_to_dict
 from deblurgan.errors import CheckpointError, DeblurGANError
 from deblurgan.io import write_image
+from deblurgan.layers import resolve_backend
 from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, wasserstein_estimate
 from deblurgan.networks import Critic, Generator
 from deblurgan.vgg import load_vgg19_features
@@ -206,13 +207,16 @@ class Trainer:
         random.seed(cfg.seed + self.rank)
 
         m = cfg.model
-        self.gen = Generator(
-            GeneratorConfig(
-                ngf=m.ngf, n_blocks=m.n_blocks, dropout=m.dropout, learn_residual=m.learn_residual, kernels=m.kernels
-            )  # fmt: skip
-        ).to(self.device)
+        # 'auto' is resolved for this device; the checkpoint keeps the user's choice so it loads anywhere
+        self.kernels = resolve_backend(m.kernels, self.device)
+        if self.kernels == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise DeblurGANError("--kernels triton needs a CUDA device (use --kernels auto or torch)")
+        gcfg = GeneratorConfig(ngf=m.ngf, n_blocks=m.n_blocks, dropout=m.dropout, learn_residual=m.learn_residual,
+                               kernels=self.kernels)  # fmt: skip
+        self.gen = Generator(gcfg).to(self.device)
+        self.gen.config.kernels = m.kernels
+        self.critic = Critic(CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=self.kernels)).to(self.device)
         self.critic_config = CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=m.kernels)
-        self.critic = Critic(self.critic_config).to(self.device)
         self.perceptual = PerceptualLoss(vgg, normalize=cfg.loss.vgg_normalize).to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         for mod in (self.gen, self.critic, self.perceptual):
@@ -277,7 +281,7 @@ class Trainer:
             with self._autocast():
                 scores = self.critic_fwd(both)
                 d_real, d_fake = scores[:n], scores[n:]
-                gp = compute_gp(self.critic, sharp, fake_d, cfg.loss.gp_weight, cfg.loss.gp_norm, cfg.model.kernels)
+                gp = compute_gp(self.critic, sharp, fake_d, cfg.loss.gp_weight, cfg.loss.gp_norm, self.kernels)
                 loss_d = critic_loss(d_real, d_fake) + gp
             loss_d.backward()
             self._sync_critic_grads()

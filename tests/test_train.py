@@ -164,6 +164,15 @@ def test_existing_run_needs_resume(vgg, tmp_path) -> None:
         Trainer(tiny_cfg(), tmp_path / "other", TinyPairs(2), vgg=vgg, resume=True, progress=False)
 
 
+def test_triton_kernels_on_cpu_is_a_clear_error(vgg, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(DeblurGANError, match="needs a CUDA device"):
+        Trainer(tiny_cfg(model={"kernels": "triton"}), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    tr = Trainer(tiny_cfg(model={"kernels": "auto"}), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    assert tr.kernels == "torch" and tr.checkpoint()["generator_config"]["kernels"] == "auto"
+    assert not (tmp_path / "run").exists()
+
+
 class PoisonAfter(TinyPairs):
     """Returns NaN images from the `after`-th item read on (a diverging run, reproducibly)."""
 
