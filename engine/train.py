@@ -125,7 +125,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         val = summary.get("val") or {}
         msg = f"done: step {summary['step']}, {summary['seconds']:.0f}s"
         if val:
-            msg += f", val PSNR {val['psnr']:.2f} dB SSIM {val['ssim']:.3f} ({val['weights']})"
+            msg += (f", val PSNR {val['psnr']:.2f} dB SSIM {val['ssim']:.3f} ({val['weights']}; blurred input: "
+                    f"{val['psnr_input']:.2f} dB, {val['ssim_input']:.3f})")  # fmt: skip
         print(f"{msg}; checkpoint {summary['last_checkpoint']}; logs in {run_dir}", file=sys.stderr)
     return 0
 

@@ -41,7 +41,7 @@ from .config import TrainConfig, atomic_write_text, to_dict
 LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "lr",
               "it_per_s", "img_per_s", "time"]  # fmt: skip
 LOSS_NAMES = ["loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein"]
-VAL_FIELDS = ["step", "epoch", "psnr", "ssim", "weights"]
+VAL_FIELDS = ["step", "epoch", "psnr", "ssim", "psnr_input", "ssim_input", "weights"]
 
 
 class TrainingDiverged(DeblurGANError):
@@ -432,13 +432,14 @@ class Trainer:
             blur = item["blur"].unsqueeze(0).to(self.device)
             with self._autocast():
                 out = _run_padded(model, blur)[0]
-            a, b = to_uint8(out), to_uint8(item["sharp"])
-            scores.append(psnr_ssim(a, b))
+            a, b, blurred = to_uint8(out), to_uint8(item["sharp"]), to_uint8(item["blur"])
+            scores.append(psnr_ssim(a, b) + psnr_ssim(blurred, b))  # restored, and the blurred input as a baseline
             if len(rows) < self.cfg.samples:
-                rows.append(np.concatenate([to_uint8(item["blur"]), a, b], axis=1))
+                rows.append(np.concatenate([blurred, a, b], axis=1))
         self.gen.train()
-        psnr, ssim = (float(np.mean([s[k] for s in scores])) for k in (0, 1))
-        val = {"step": self.step, "epoch": self.epoch, "psnr": psnr, "ssim": ssim, "weights": which}
+        psnr, ssim, psnr_in, ssim_in = (float(np.mean([s[k] for s in scores])) for k in range(4))
+        val = {"step": self.step, "epoch": self.epoch, "psnr": psnr, "ssim": ssim, "psnr_input": psnr_in,
+               "ssim_input": ssim_in, "weights": which}  # fmt: skip
         if rows:
             grid = _stack_rows(rows)
             write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
