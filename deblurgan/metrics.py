@@ -4,7 +4,8 @@
 `ssim(a, b)` = `skimage.metrics.structural_similarity(a, b, channel_axis=2, data_range=255)`: a 7x7 uniform
 window, K1=0.01, K2=0.03, sample covariance, computed per RGB channel and averaged. The GoPro/DeblurGAN
 papers report MATLAB's `ssim` (11x11 Gaussian window, sigma 1.5, usually on grayscale or per channel), so
-numbers from here are comparable with each other and with skimage, not digit-for-digit with those tables.
+numbers from here are comparable with each other and with skimage, not digit-for-digit with those tables
+(`ssim(a, b, gaussian=True)` uses the Gaussian-window settings).
 """
 
 from __future__ import annotations
@@ -37,9 +38,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
         return float(peak_signal_noise_ratio(a, b, data_range=255))
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM of two uint8 HxWx3 images (skimage defaults, per channel, averaged)."""
+def ssim(a: np.ndarray, b: np.ndarray, gaussian: bool = False) -> float:
+    """Mean SSIM of two uint8 HxWx3 images (skimage defaults, per channel, averaged).
+
+    `gaussian=True` uses the settings of Wang et al. 2004 that MATLAB's `ssim` follows (11x11 Gaussian window,
+    sigma 1.5, population covariance): closer to published tables, still not identical to them.
+    """
     a, b = _check(a, b)
+    if gaussian:
+        return float(
+            structural_similarity(
+                a, b, channel_axis=2, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+            )
+        )
     return float(structural_similarity(a, b, channel_axis=2, data_range=255))
 
 

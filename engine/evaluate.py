@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blur", help="folder of blurred inputs, for the baseline column (with --restored)")
     p.add_argument("--csv", help="write per-image scores and the mean here")
     p.add_argument("--save", help="with --data: also write the restored images to this folder")
+    p.add_argument(
+        "--ssim-gaussian",
+        action="store_true",
+        help="SSIM with an 11x11 Gaussian window, sigma 1.5 (Wang et al., as MATLAB) instead of skimage's 7x7 default",
+    )
     add_model_args(p)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -76,7 +81,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             raise DeblurGANError("--restored needs --sharp")
         pairs = folder_pairs(Path(args.restored), Path(args.sharp), Path(args.blur) if args.blur else None)
         deblurrer = None
-    rows, failed = score(pairs, deblurrer, Path(args.save) if args.save else None, not args.no_progress)
+    save = Path(args.save) if args.save else None
+    rows, failed = score(pairs, deblurrer, save, not args.no_progress, args.ssim_gaussian)
     if not rows:
         raise DeblurGANError("no image pair could be scored")
     mean = mean_row(rows)
@@ -155,7 +161,9 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def score(pairs: list[Pair], deblurrer, save: Path | None, progress: bool) -> tuple[list[dict], int]:
+def score(
+    pairs: list[Pair], deblurrer, save: Path | None, progress: bool, gaussian: bool = False
+) -> tuple[list[dict], int]:
     from tqdm import tqdm
 
     rows, failed = [], 0
@@ -173,9 +181,9 @@ def score(pairs: list[Pair], deblurrer, save: Path | None, progress: bool) -> tu
                     write_image(save / f"{pair.name}.png", restored)
             else:
                 restored = to_rgb8(read_image(pair.restored))
-            row = {"image": pair.name, "psnr": psnr(restored, sharp), "ssim": ssim(restored, sharp)}
+            row = {"image": pair.name, "psnr": psnr(restored, sharp), "ssim": ssim(restored, sharp, gaussian)}
             if blur is not None:
-                row.update(blur_psnr=psnr(blur, sharp), blur_ssim=ssim(blur, sharp))
+                row.update(blur_psnr=psnr(blur, sharp), blur_ssim=ssim(blur, sharp, gaussian))
             rows.append(row)
         except DeblurGANError as e:
             failed += 1

@@ -100,6 +100,21 @@ def test_restored_mode_equals_data_mode(ckpt, gopro, tmp_path):
     assert read_csv(tmp_path / "a.csv") == read_csv(tmp_path / "b.csv")
 
 
+def test_ssim_gaussian_option(gopro, tmp_path):
+    args = ["--restored", str(gopro), "--sharp", str(gopro), "--blur", str(gopro)]  # restored = the blurred
+    main([*args, "--csv", str(tmp_path / "a.csv")])
+    main([*args, "--csv", str(tmp_path / "g.csv"), "--ssim-gaussian"])
+    plain, gauss = read_csv(tmp_path / "a.csv"), read_csv(tmp_path / "g.csv")
+    seq, name = plain[0]["image"].split("/")
+    sharp = read_image(gopro / seq / "sharp" / f"{name}.png")
+    blur = read_image(gopro / seq / "blur" / f"{name}.png")
+    expected = structural_similarity(
+        blur, sharp, channel_axis=2, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert float(gauss[0]["ssim"]) == pytest.approx(expected, abs=1e-6)
+    assert plain[0]["psnr"] == gauss[0]["psnr"] and plain[0]["ssim"] != gauss[0]["ssim"]
+
+
 def test_parallel_folders_and_missing_pairs(tmp_path, capsys):
     sharp_dir, res_dir = tmp_path / "sharp", tmp_path / "restored"
     for name in ("a", "b"):

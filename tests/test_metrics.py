@@ -68,3 +68,11 @@ def test_psnr_batch_matches_psnr_on_saved_images():
 def test_psnr_batch_shape_error():
     with pytest.raises(DeblurGANError):
         psnr_batch(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+def test_gaussian_ssim_equals_skimage_with_wang_settings():
+    a, b = pair(40, 52)
+    expected = structural_similarity(
+        a, b, channel_axis=2, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert ssim(a, b, gaussian=True) == expected != ssim(a, b)
