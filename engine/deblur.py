@@ -124,7 +124,12 @@ def plan_jobs(inputs: list[Path], out: Path, suffix: str, ext: str | None, frame
             if item.resolve() == out_r:
                 raise DeblurGANError(f"--out {out} is an input folder: choose another folder")
             files = sorted(f for f in item.rglob("*") if f.is_file() and (is_image_file(f) or is_video_file(f)))
-            files = [f for f in files if not f.resolve().is_relative_to(out_r)]  # earlier outputs inside it
+            files = [
+                f
+                for f in files
+                if not f.resolve().is_relative_to(out_r)  # earlier outputs inside an input folder
+                and not any(part.startswith(".") for part in f.relative_to(item).parts)  # ._x.jpg, .cache/...
+            ]
             pairs += [(f, f.relative_to(item)) for f in files]
         else:
             pairs.append((item, Path(item.name)))  # missing files are reported per file later

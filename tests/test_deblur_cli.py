@@ -40,6 +40,8 @@ def inputs(tmp_path) -> Path:
     write_image(src / "sub" / "rgba.png", RNG.integers(0, 256, (12, 15, 4), dtype=np.uint8))
     write_image(src / "sub" / "deep" / "c16.png", RNG.integers(0, 65536, (13, 11, 3), dtype=np.uint16))
     (src / "notes.txt").write_text("ignored: not an image")
+    (src / "._rgb.png").write_bytes(b"AppleDouble metadata")  # hidden files and folders are ignored
+    write_image(src / ".thumbs" / "t.png", RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     return src
 
 
