@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -219,6 +220,22 @@ def test_speed_switches_match_eager_on_cpu(vgg, tmp_path, switch) -> None:
     idx = [0, 3, 4, 5]  # critic loss, content loss, GP, Wasserstein estimate
     assert out[0][0] > 1.0  # a large GP at init: not a trivially small number
     torch.testing.assert_close(out[1][idx], out[0][idx], **tol)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("DEBLURGAN_COMPILE_TESTS") != "1",
+    reason="torch.compile takes ~1 min here: DEBLURGAN_COMPILE_TESTS=1",
+)
+def test_compile_matches_eager(vgg, tmp_path) -> None:
+    data = TinyPairs(1, seed=2)
+    out = []
+    for i, comp in enumerate([False, True]):
+        cfg = tiny_cfg(model={"dropout": 0.0}, optim={"critic_updates": 2}, compile=comp)
+        tr = Trainer(cfg, tmp_path / f"r{i}", TinyPairs(1), vgg=vgg, progress=False)
+        torch.manual_seed(0)
+        out.append(torch.stack([tr.train_step(data.blur, data.sharp) for _ in range(2)]))
+    torch.testing.assert_close(out[1], out[0], rtol=1e-4, atol=1e-5)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by bench/gpu_check.sh)")
