@@ -36,6 +36,7 @@ EXPECTED = {
     "data": ["reference"],
 }
 # speed-up columns per group (default below); a backend "x" also matches "x-fp16" etc. in "not measured"
+NOISY_SPREAD = 0.25  # IQR above 25 % of the median: the row is marked "~" (timings unstable)
 BASELINES = {"data": ("reference",), "inference": ("eager", "eager-fp16"), "train": ("eager",)}
 # groups whose rows differ in dtype by design (fp16 engines, bf16 training): compare with the one baseline row
 CROSS_DTYPE_GROUPS = {"inference", "train"}
@@ -56,6 +57,11 @@ class Row:
     ms: float  # median per call: CUDA-event device time when recorded, else pytest-benchmark's median
     items: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    spread: float | None = None  # interquartile range / median of the timed rounds
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread is not None and self.spread > NOISY_SPREAD
 
     @property
     def ms_per_item(self) -> float:
@@ -104,9 +110,11 @@ def _shape_str(shape: Any) -> str:
 def _row(bench: dict[str, Any]) -> Row:
     info = dict(bench.get("extra_info") or {})
     params = bench.get("params") or {}
-    ms = info.get("device_ms")
+    stats = bench["stats"]
+    ms, iqr = info.get("device_ms"), info.get("device_ms_iqr")
     if ms is None:
-        ms = bench["stats"]["median"] * 1e3
+        ms = stats["median"] * 1e3
+        iqr = stats["iqr"] * 1e3 if stats.get("iqr") is not None else None
     name = bench.get("name", "?")
     return Row(
         name=name,
@@ -116,6 +124,7 @@ def _row(bench: dict[str, Any]) -> Row:
         shape=_shape_str(info.get("shape") or params.get("shape")),
         dtype=str(info.get("dtype") or params.get("dtype") or "-").removeprefix("torch."),
         ms=float(ms),
+        spread=float(iqr) / float(ms) if iqr is not None and ms else None,
         items=int(info.get("items") or 1),
         extra=info,
     )
@@ -218,7 +227,8 @@ def section_env(res: Results) -> list[str]:
     if not res.on_gpu:
         lines += [
             "> **CPU run with tiny stand-in shapes.** These numbers check that the suite runs; they say nothing",
-            "> about GPU speed and must not be compared with GPU reports or with the paper.",
+            "> about GPU speed and must not be compared with GPU reports or with the paper. On a shared machine,",
+            "> other jobs change them by several times from one row to the next, ratios included.",
             "",
         ]
     ver = commit.get("id", "unknown")[:10] + (" (dirty)" if commit.get("dirty") else "")
@@ -288,7 +298,7 @@ def section_models(res: Results) -> list[str]:
                 f"{params / 1e6:.2f} M" if params else "-",
                 f"{gflop:.0f}" if gflop else "-",
                 r.shape,
-                fmt_ms(r.ms_per_item),
+                ("~" if r.noisy else "") + fmt_ms(r.ms_per_item),
                 fmt_x(ratio),
                 fmt_num(r.extra["tflops"]) if r.extra.get("tflops") else "-",
             ]
@@ -302,6 +312,7 @@ def section_models(res: Results) -> list[str]:
         "GFLOP = 2 × multiply-accumulates (torch.utils.flop_counter), counted for one 3×720×1280 frame; a transposed",
         "conv counts its useful work (input pixels × kernel). Speed-up = DeepDeblur eager ms / method ms per frame,",
         "same run, same dtype and input size. Rows other than eager are the engine's backends (inference suite).",
+        "~ marks unstable timings (interquartile range > 25 % of the median).",
         f"The paper reports {PAPER_MS['DeblurGAN'] / 1e3:.2f} s (DeblurGAN) vs {PAPER_MS['DeepDeblur'] / 1e3:.2f} s "
         f"(DeepDeblur) per GoPro frame on a Titan X, {PAPER_MS['DeepDeblur'] / PAPER_MS['DeblurGAN']:.1f}× (context "
         "only: other hardware, other frameworks).",
@@ -318,7 +329,7 @@ def _generic_rows(
     body = []
     for r in sorted(rows, key=lambda r: (r.case, r.shape, r.dtype, r.backend)):
         gbps, tflops = r.extra.get("gbps"), r.extra.get("tflops")
-        cells = [r.case, r.shape, r.dtype, r.backend, fmt_ms(r.ms)]
+        cells = [r.case, r.shape, r.dtype, r.backend, ("~" if r.noisy else "") + fmt_ms(r.ms)]
         if r.items > 1:
             cells[-1] += f" ({fmt_ms(r.ms_per_item)} / item, {1e3 / r.ms_per_item:.4g} items/s)"
         if with_bw:
@@ -352,7 +363,8 @@ def section_group(res: Results, group: str) -> list[str]:
     missing = [b for b in EXPECTED.get(group, []) if not any(b in (r.backend, *_variants(r.backend)) for r in rows)]
     lines += [
         "",
-        "ms = median per call (CUDA events on GPU). vs X = X's ms per item / this row's, same case and shape"
+        "ms = median per call (CUDA events on GPU); ~ = unstable (interquartile range > 25 % of the median).",
+        "vs X = X's ms per item / this row's, same case and shape"
         + (" (any dtype: part of the backend)." if group in CROSS_DTYPE_GROUPS else " and dtype."),
     ]
     if missing:

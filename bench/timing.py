@@ -161,6 +161,9 @@ def measure(
         times = timer.device_ms(rounds)
         info["device_ms"] = statistics.median(times)
         info["device_ms_min"] = min(times)
+        if len(times) >= 2:
+            q1, _, q3 = statistics.quantiles(times, n=4)
+            info["device_ms_iqr"] = q3 - q1
         info["timing"] = "cuda-events"
     else:
         info["timing"] = "host-clock"
