@@ -150,6 +150,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a log/config file should read like any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
