@@ -72,6 +72,7 @@ def test_sigkill_leaves_loadable_checkpoints_and_resume_continues(tmp_path) -> N
     final = load_checkpoint(run / "checkpoints" / f"step_{newest + 2:08d}.pt")
     assert final["train_state"]["step"] == newest + 2
     assert (run / "metrics.json").is_file() and (run / "samples" / "latest.png").is_file()
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # leftovers of the killed save are cleaned up
 
 
 DDP_SCRIPT = textwrap.dedent(
