@@ -18,7 +18,7 @@ from deblurgan.checkpoint import load_checkpoint, load_generator
 from deblurgan.errors import DeblurGANError
 from deblurgan.vgg import vgg19_features
 from engine.config import make_config
-from engine.trainer import Trainer, TrainingDiverged, lr_factor, lr_schedule_values
+from engine.trainer import ResumableSampler, Trainer, TrainingDiverged, lr_factor, lr_schedule_values
 
 
 class TinyPairs(torch.utils.data.Dataset):
@@ -90,6 +90,21 @@ def test_steps_reduce_generator_loss_on_fixed_batch(vgg, tmp_path) -> None:
     assert np.mean(content[-5:]) < 0.7 * content[0], content
     # the critic's loss (mostly GP at the start: its input gradients are ~0 at init) goes down too
     assert np.mean([float(v[0]) for v in losses[-5:]]) < 0.5 * float(losses[0][0])
+
+
+@pytest.mark.parametrize("n, world", [(7, 1), (7, 2), (8, 3)])
+def test_sampler_matches_distributed_sampler_and_resumes(n: int, world: int) -> None:
+    from torch.utils.data import DistributedSampler
+
+    for rank in range(world):
+        for epoch in (0, 3):
+            ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=11)
+            ref.set_epoch(epoch)
+            ours = ResumableSampler(n, seed=11, rank=rank, world=world)
+            ours.set_position(epoch, 0)
+            assert list(ours) == list(ref) and len(ours) == len(ref)
+            ours.set_position(epoch, 2)
+            assert list(ours) == list(ref)[2:] and len(ours) == len(ref) - 2
 
 
 def _state(tr: Trainer) -> dict:
