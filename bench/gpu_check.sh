@@ -21,7 +21,7 @@ OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT" || exit 2
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONDONTWRITEBYTECODE=1
+export PYTHONDONTWRITEBYTECODE=1 OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see bench/conftest.py
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # compile caches: large, not results
 export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton"
 trap 'rm -rf "$SCRATCH"' EXIT

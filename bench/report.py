@@ -239,6 +239,7 @@ def section_env(res: Results) -> list[str]:
         ("GPU", env.get("gpu_name", "none")),
         ("driver", env.get("driver", "-")),
         ("CPU", f"{env.get('cpu', '-')} × {env.get('cpu_count', '?')}"),
+        ("torch threads / OMP_WAIT_POLICY", f"{env.get('torch_threads', '?')} / {env.get('omp_wait_policy', '?')}"),
         ("python", env.get("python", res.machine.get("python_version", "-"))),
         ("torch", env.get("torch", "unknown")),
         ("CUDA", env.get("cuda", "-")),

@@ -214,6 +214,8 @@ def environment() -> dict[str, Any]:
         "onnx": _version("onnx"),
         "onnxruntime": _version("onnxruntime"),
         "tensorrt": _version("tensorrt"),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
     if torch.cuda.is_available():
         env["gpu_name"] = torch.cuda.get_device_name(0)
