@@ -121,7 +121,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if trainer.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     summary = trainer.fit()
-    if trainer.is_main:
+    if trainer.is_main and "seconds" in summary:
         val = summary.get("val") or {}
         msg = f"done: step {summary['step']}, {summary['seconds']:.0f}s"
         if val:

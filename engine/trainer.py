@@ -338,6 +338,12 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (or `max_steps`); returns the final metrics dict (also in metrics.json)."""
         cfg = self.cfg
+        if self._done():  # e.g. --resume of a finished run: keep its logs and metrics as they are
+            if self.is_main:
+                msg = f"nothing to do: the run is complete (step {self.step}, epoch {self.epoch}/{self.total_epochs}"
+                print(f"{msg}; raise --epochs-constant/--epochs-decay or --max-steps to train on)", file=sys.stderr)
+            path = self.run_dir / "metrics.json"
+            return json.loads(path.read_text()) if path.is_file() else {"step": self.step, "epoch": self.epoch}
         if self.is_main:
             self._open_logs()
         total = self.total_epochs * self.steps_per_epoch

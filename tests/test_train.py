@@ -142,6 +142,10 @@ def test_resume_continues_with_identical_state(vgg, tmp_path) -> None:
     # the logs are continuous: one row per step, no duplicates from the resumed part
     with open(tmp_path / "cut" / "train_log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 8))
+    # resuming a finished run changes nothing
+    metrics = (tmp_path / "cut" / "metrics.json").read_text()
+    done = Trainer(cfg, tmp_path / "cut", TinyPairs(3), TinyPairs(1, seed=9), vgg=vgg, resume=True, progress=False)
+    assert done.fit()["step"] == 7 and (tmp_path / "cut" / "metrics.json").read_text() == metrics
 
 
 def test_run_folder_outputs_and_checkpoint_format(vgg, tmp_path) -> None:
