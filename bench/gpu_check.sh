@@ -6,7 +6,8 @@
 # Runs from the checkout without installing anything (PYTHONPATH=repo root). Everything it writes goes under
 # OUTDIR: env.txt (nvidia-smi, versions, date), gpu_tests.log/.xml, bench-<suite>.json/.log per suite, run.log
 # (progress), phases.md (phase, exit code, seconds) and the report <YYYY-MM-DD>-<gpu>.md. Commit that report as
-# bench/results/<YYYY-MM-DD>-<gpu>.md and quote it in the README's performance section.
+# bench/results/<YYYY-MM-DD>-<gpu>.md and quote it in the README's performance section. In a copy of the checkout
+# without .git, pass the commit: DEBLURGAN_COMMIT=<sha> bash bench/gpu_check.sh OUTDIR.
 #
 # Every phase has its own time limit, so a slow or hanging suite costs its own results only; its limit and exit
 # code appear in the report's run log. Limits (seconds) can be overridden: GPU_TESTS_S, BENCH_S_<SUITE> (e.g.
@@ -62,7 +63,7 @@ phase() {
 # --- environment -------------------------------------------------------------------------------------------------
 {
     echo "date: $(date -u +%FT%TZ)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo "${DEBLURGAN_COMMIT:-unknown} (no git)")$(git diff --quiet 2>/dev/null || echo ' (dirty?)')"
     echo "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1 || true)"
     "$PY" - <<'EOF'
 import json

@@ -231,7 +231,10 @@ def section_env(res: Results) -> list[str]:
             "> other jobs change them by several times from one row to the next, ratios included.",
             "",
         ]
-    ver = commit.get("id", "unknown")[:10] + (" (dirty)" if commit.get("dirty") else "")
+    cid = str(commit.get("id") or "unknown")
+    ver = cid[:10] + (" (dirty)" if commit.get("dirty") else "")
+    if cid in ("unknown", "unversioned") and env.get("commit"):  # a checkout copied without .git
+        ver = f"{str(env['commit'])[:10]} (from DEBLURGAN_COMMIT)"
     items = [
         ("date (UTC)", res.datetime),
         ("commit", ver),

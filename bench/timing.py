@@ -217,6 +217,8 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
+    if os.environ.get("DEBLURGAN_COMMIT"):
+        env["commit"] = os.environ["DEBLURGAN_COMMIT"]
     if torch.cuda.is_available():
         env["gpu_name"] = torch.cuda.get_device_name(0)
         env.update({k: v for k, v in _nvidia_smi().items() if v})

@@ -378,7 +378,7 @@ def _render(data: dict, tmp_path: Path) -> str:
 def test_report_tables_and_ratios(tmp_path) -> None:
     md = _render(_synthetic(), tmp_path)
     assert md.startswith("# Benchmark report: NVIDIA H200")
-    assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md
+    assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md and "| commit | abc123def4 |" in md
     assert "4000 GB/s" in md and "700 TFLOP/s" in md
     # device_ms wins over the host median; DeepDeblur 80 ms / DeblurGAN 20 ms = 4x
     assert "| DeblurGAN (eager, float32/TF32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.7 |" in md
@@ -405,6 +405,8 @@ def test_report_tables_and_ratios(tmp_path) -> None:
 
 def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
     data = _synthetic(gpu=False)
+    data["commit_info"] = {"id": "unversioned", "dirty": False}  # a checkout copied without .git
+    data["machine_info"]["deblurgan"]["commit"] = "0123456789abcdef"
     data["benchmarks"] = [b for b in data["benchmarks"] if b["group"] in ("models",)]
     for b in data["benchmarks"]:
         b["extra_info"]["shape"] = [1, 3, 36, 64]
@@ -412,6 +414,7 @@ def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
     md = _render(data, tmp_path)
     assert md.startswith("# Benchmark report: CPU only (x86_64, 2 cores)")
     assert "say nothing" in md and "tiny stand-ins, not 720p frames" in md
+    assert "| commit | 0123456789 (from DEBLURGAN_COMMIT) |" in md
     assert "Not measured in this run (no `calibration` benchmarks)" in md
     assert "Not measured in this run (no `kernels` benchmarks)." in md
     assert "GB/s" not in md.split("## Kernels")[1]
