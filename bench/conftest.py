@@ -36,8 +36,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # pytest-benchmark reads benchmark_only in its own (trylast) pytest_configure, so setting it here is enough.
     if config.getoption("deblurgan_benchmark", False):
+        if not config.pluginmanager.hasplugin("benchmark"):
+            raise pytest.UsageError("--benchmark needs pytest-benchmark: pip install pytest-benchmark")
         config.option.benchmark_only = True
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-benchmark hook: no error where the plugin is missing
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     machine_info["deblurgan"] = environment()

@@ -48,9 +48,14 @@ def pick(cpu: T, cuda: T) -> T:
     return cuda if on_gpu() else cpu
 
 
+def full_size() -> bool:
+    """Full sizes: on CUDA, or on CPU with DEBLURGAN_BENCH_FULL=1 (minutes per suite)."""
+    return on_gpu() or os.environ.get("DEBLURGAN_BENCH_FULL") == "1"
+
+
 def sizes() -> dict[str, tuple[int, int]]:
-    """Named image sizes (H, W): full on CUDA, tiny stand-ins on CPU (labelled by their real size in reports)."""
-    if on_gpu():
+    """Named image sizes (H, W): full on CUDA, tiny stand-ins on CPU (named by the real size they stand in for)."""
+    if full_size():
         return {"256": (256, 256), "720p": (720, 1280)}
     return {"256": (32, 32), "720p": (36, 64)}
 
