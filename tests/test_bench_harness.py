@@ -153,6 +153,13 @@ def test_benchmark_flag_runs_only_benchmarks(bench_run) -> None:
     assert data["machine_info"]["deblurgan"]["torch"] == torch.__version__
 
 
+def test_benchmark_flag_without_pytest_benchmark_is_a_usage_error(bench_run) -> None:
+    _, out = bench_run
+    proc = _run_pytest(out.parent, "bench", "--benchmark", "-p", "no:benchmark")
+    assert proc.returncode == 4  # pytest's usage-error exit code
+    assert "--benchmark needs pytest-benchmark" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_report_from_real_json(bench_run, tmp_path) -> None:
     _, out = bench_run
     md_path = tmp_path / "r.md"
