@@ -7,7 +7,8 @@ Usage:
 Sections: environment stamp, this run's ceilings (copy bandwidth, matmul), the model table modelled on the runtime
 column of Table 1 of the DeblurGAN paper (DeblurGAN vs DeepDeblur), the kernel table (ms, GB/s, % of copy bandwidth,
 speed-up vs eager and torch.compile), one table per other group, and what this run did not measure.
-Every number comes from the JSON; speed-ups only compare rows of the same run, case, shape and dtype.
+Every number comes from the JSON; speed-ups only compare rows of the same run, case and shape (and dtype, except
+in groups whose backends differ in dtype by design: inference and training).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ EXPECTED = {
     "train": ["eager", "engine"],
     "data": ["reference"],
 }
-# speed-up columns per group (default below); a backend "x" also matches "x-fp16" etc. in "not measured"
 NOISY_SPREAD = 0.25  # IQR above 25 % of the median: the row is marked "~" (timings unstable)
+# speed-up columns per group (default below); a backend "x" also matches "x-fp16" etc. in "not measured"
 BASELINES = {"data": ("reference",), "inference": ("eager", "eager-fp16"), "train": ("eager",)}
 # groups whose rows differ in dtype by design (fp16 engines, bf16 training): compare with the one baseline row
 CROSS_DTYPE_GROUPS = {"inference", "train"}
@@ -66,10 +67,6 @@ class Row:
     @property
     def ms_per_item(self) -> float:
         return self.ms / max(self.items, 1)
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.group, self.case, self.shape, self.dtype)
 
 
 @dataclass
@@ -259,7 +256,8 @@ def section_ceilings(res: Results) -> list[str]:
     copy, mm = res.calibration("copy"), res.calibration("matmul")
     rows = []
     if copy and copy.extra.get("gbps"):
-        rows.append(["device-to-device copy", copy.shape, f"{fmt_num(copy.extra['gbps'])} GB/s (read + write)"])
+        size = f"{copy.extra['bytes'] / 2 / 2**20:.0f} MiB" if copy.extra.get("bytes") else copy.shape
+        rows.append(["device-to-device copy", size, f"{fmt_num(copy.extra['gbps'])} GB/s (read + write)"])
     if mm and mm.extra.get("tflops"):
         rows.append([f"matmul {mm.dtype}", mm.shape, f"{fmt_num(mm.extra['tflops'])} TFLOP/s"])
     if not rows:
@@ -280,6 +278,24 @@ def _model_rows(res: Results) -> list[Row]:
             gflop = r.extra["flop"] / r.items / 1e9 if r.extra.get("flop") else None
             rows.append(Row(**{**r.__dict__, "extra": {**r.extra, "model": "DeblurGAN", "gflop_720p": gflop}}))
     return rows
+
+
+def _headline(rows: Sequence[Row], peers: Sequence[Row], full: bool) -> list[str]:
+    """One sentence per dtype: eager DeblurGAN vs eager DeepDeblur, batch 1, same run (the paper's comparison)."""
+    out = []
+    for p in peers:
+        gans = [r for r in rows if r.extra.get("model") == "DeblurGAN" and r.backend == "eager"]
+        g = next((r for r in gans if r.dtype == p.dtype and r.shape == p.shape), None)
+        if g is None or g.ms_per_item <= 0:
+            continue
+        where = "720p frame" if full else f"{'×'.join(_hw(p))} stand-in input, not a 720p frame"
+        paper = f"; paper: {PAPER_MS['DeepDeblur'] / PAPER_MS['DeblurGAN']:.1f}×" if full else ""
+        out += [
+            f"**This run: DeblurGAN is {p.ms_per_item / g.ms_per_item:.2f}× faster than DeepDeblur** (eager {p.dtype},"
+            f" batch 1, {fmt_ms(g.ms_per_item)} vs {fmt_ms(p.ms_per_item)} ms per {where}){paper}.",
+            "",
+        ]
+    return out or ["No eager DeblurGAN / DeepDeblur pair in this run.", ""]
 
 
 def section_models(res: Results) -> list[str]:
@@ -307,10 +323,11 @@ def section_models(res: Results) -> list[str]:
                 fmt_num(r.extra["tflops"]) if r.extra.get("tflops") else "-",
             ]
         )
+    full = all(r.extra.get("full_size", r.shape.endswith("720×1280")) for r in rows)
+    lines += _headline(rows, peers, full)
     lines += _table(
         ["method", "params", "GFLOP / 720p frame", "input", "ms / frame", "speed-up vs DeepDeblur", "TFLOP/s"], body
     )
-    full = all(r.extra.get("full_size", r.shape.endswith("720×1280")) for r in rows)
     lines += [
         "",
         "GFLOP = 2 × multiply-accumulates (torch.utils.flop_counter), counted for one 3×720×1280 frame; a transposed",

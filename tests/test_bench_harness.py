@@ -195,7 +195,9 @@ def _synthetic(gpu: bool = True) -> dict:
         env = {"device": "cpu", "cpu": "x86_64", "cpu_count": 2, "torch": "2.13.0"}
     s720 = [1, 3, 720, 1280]
     benches = [
-        _bench("test_copy", "calibration", 1.0, case="copy", backend="calibration", gbps=4000.0, shape=[2**28]),
+        _bench(
+            "test_copy", "calibration", 1.0, case="copy", backend="calibration", gbps=4000.0, shape=[2**28], bytes=2**31
+        ),
         _bench("test_mm", "calibration", 1.0, case="matmul", backend="calibration", tflops=700.0, dtype="bfloat16"),
         _bench(
             "test_gan",
@@ -392,6 +394,9 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× | - |" in md
     assert "| DeblurGAN (eager, float32, b8) | 11.38 M | 1394 | 8×3×720×1280 | 10.0 | 8.00× |" in md  # per frame
     assert "tiny stand-ins" not in md
+    assert "**This run: DeblurGAN is 4.00× faster than DeepDeblur** (eager float32, batch 1, 20.0 vs 80.0 ms" in md
+    assert "faster than DeepDeblur** (eager float16" not in md  # no eager fp16 DeblurGAN row in this file
+    assert "| device-to-device copy | 1024 MiB | 4000 GB/s (read + write) |" in md
     assert "| DeepDeblur (eager, float16, b1) | 11.72 M | 9448 | 1×3×720×1280 | 40.0 | 1.00× | - |" in md
     # the engine's 720p inference rows, vs DeepDeblur of the same dtype (40 ms fp16); eager fp32 b1 not repeated
     assert "| DeblurGAN (compile-fp16, float16, b1) | 11.38 M | 1394 | 1×3×720×1280 | 5.00 | 8.00× | - |" in md
@@ -422,6 +427,8 @@ def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
     assert md.startswith("# Benchmark report: CPU only (x86_64, 2 cores)")
     assert "say nothing" in md and "tiny stand-ins, not 720p frames" in md
     assert "| commit | 0123456789 (from DEBLURGAN_COMMIT) |" in md
+    (headline,) = [line for line in md.splitlines() if line.startswith("**This run")]
+    assert headline.endswith("ms per 36×64 stand-in input, not a 720p frame).")  # no paper ratio beside it
     assert "Not measured in this run (no `calibration` benchmarks)" in md
     assert "Not measured in this run (no `kernels` benchmarks)." in md
     assert "GB/s" not in md.split("## Kernels")[1]
