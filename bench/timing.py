@@ -131,6 +131,19 @@ class _EventTimer:
         return [s.elapsed_time(e) for s, e in self.pairs[-last:]]
 
 
+def _jsonable(v: Any) -> Any:
+    """extra_info values must survive json.dumps: tuples/Size -> lists, dtypes -> 'float16', others -> str."""
+    if isinstance(v, torch.dtype):
+        return str(v).removeprefix("torch.")
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
 def measure(
     benchmark: Any,
     fn: Callable[..., Any],
@@ -157,10 +170,8 @@ def measure(
         synchronize()
     result = benchmark.pedantic(timer, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
     info = benchmark.extra_info
-    info.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in extra.items()})
+    info.update({k: _jsonable(v) for k, v in extra.items()})
     info.setdefault("device", device().type)
-    if "dtype" in info and isinstance(info["dtype"], torch.dtype):
-        info["dtype"] = str(info["dtype"]).removeprefix("torch.")
     info["items"] = items
     if cuda and timer.pairs:
         times = timer.device_ms(rounds)

@@ -87,6 +87,18 @@ def test_gbps_and_bytes() -> None:
     assert tensor_bytes(torch.empty(3, 4), torch.empty(5, dtype=torch.float16)) == 48 + 10
 
 
+def test_extra_info_values_become_json() -> None:
+    from bench.timing import _jsonable
+
+    value = {"s": torch.Size([2, 3]), "d": torch.float16, "dev": torch.device("cpu"), "t": (1, (2.5, None))}
+    assert json.loads(json.dumps(_jsonable(value))) == {
+        "s": [2, 3],
+        "d": "float16",
+        "dev": "cpu",
+        "t": [1, [2.5, None]],
+    }
+
+
 def test_time_ms_measures_real_work() -> None:
     import time
 
