@@ -26,7 +26,7 @@ export PYTHONDONTWRITEBYTECODE=1 OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # compile caches: large, not results
 export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton"
 trap 'rm -rf "$SCRATCH"' EXIT
-PY="${PYTHON:-python3}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"  # the environment's python (override: PYTHON=...)
 BUDGET_S="${BUDGET_S:-270}"  # + at most one 20 s SIGINT grace: under 5 minutes
 START=$SECONDS
 FAILED=0
