@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
-from engine.cli import run_cli
+from deblurgan.fsutil import atomic_write_text
 
 # Paper (Kupyn et al. 2018, Table 1, runtime per GoPro 720p frame on a Titan X): context only, never compared.
 PAPER_MS = {"DeblurGAN": 850.0, "DeepDeblur": 4330.0}
@@ -402,18 +401,6 @@ def render(res: Results) -> str:
     if not res.rows:
         lines += ["No benchmark results in this file.", ""]
     return "\n".join(lines)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,6 @@ Only plain containers, numbers, strings and tensors are stored, so `weights_only
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 
 from .config import GeneratorConfig, config_from_dict, config_to_dict
 from .errors import CheckpointError
+from .fsutil import atomic_path
 from .networks import Generator
 
 FORMAT = "deblurgan-engine"
@@ -43,28 +43,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
     A crash at any moment leaves either the old file or the new one, never a partial file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def make_checkpoint(generator: Generator, **extra: Any) -> dict:

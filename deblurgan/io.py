@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import threading
 import warnings
 import zlib
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DeblurGANError
+from .fsutil import atomic_path
 
 MAX_PIXELS = 2**30  # 1 gigapixel: larger files are refused rather than risk exhausting memory
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -94,18 +94,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     colour16 = image.dtype == np.uint16 and image.ndim == 3
     if colour16 and fmt != "PNG":
         raise DeblurGANError(f"{path}: 16-bit colour images can only be written as PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if colour16:
-            Path(tmp).write_bytes(encode_png16(image))
+            tmp.write_bytes(encode_png16(image))
         else:
             _array_to_pil(image).save(tmp, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

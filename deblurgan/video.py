@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +11,7 @@ from types import ModuleType
 import numpy as np
 
 from .errors import DeblurGANError
+from .fsutil import commit, temp_beside
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 _INSTALL_HINT = 'video needs PyAV: pip install "deblurgan-engine[video]"'
@@ -83,10 +83,9 @@ class VideoWriter:
         av = _av()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent)
-        os.close(fd)
+        self._tmp = temp_beside(self.path)
         try:
-            self._container = av.open(self._tmp, mode="w")
+            self._container = av.open(str(self._tmp), mode="w")
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
             if self.path.suffix.lower() == ".webm":
                 codec = "libvpx-vp9" if "libvpx-vp9" in av.codecs_available else "libvpx"
@@ -120,7 +119,7 @@ class VideoWriter:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
-        os.replace(self._tmp, self.path)
+        commit(self._tmp, self.path)
 
     def abort(self) -> None:
         """Drop the partial file (the final path is left untouched)."""

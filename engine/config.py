@@ -8,8 +8,6 @@ Unknown keys, wrong types and out-of-range values raise DeblurGANError before an
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -19,6 +17,7 @@ from typing import Any
 import yaml
 
 from deblurgan.errors import DeblurGANError
+from deblurgan.fsutil import atomic_write_text
 
 
 @dataclass
@@ -140,24 +139,6 @@ def load_yaml(path: str | Path) -> dict:
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temp file + rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a log/config file should read like any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def parse_overrides(args: list[str]) -> dict:

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
 from deblurgan.io import is_image_file, read_image, write_image
 from deblurgan.video import VideoReader, VideoWriter, is_video_file
-
-from .cli import run_cli
 
 BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
 

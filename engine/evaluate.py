@@ -17,20 +17,19 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
+from deblurgan.fsutil import atomic_write_text
 from deblurgan.io import list_images, read_image, write_image
 from deblurgan.metrics import psnr, ssim
 
-from .cli import run_cli
 from .deblur import add_model_args, make_deblurrer
 
 FIELDS = ("image", "psnr", "ssim", "blur_psnr", "blur_ssim")
@@ -218,16 +217,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (_fmt(v) if k != "image" else v) for k, v in r.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(v: float) -> str:

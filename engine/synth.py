@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,9 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from deblurgan.blur import FRACTIONS, blur_image, psf_sheet, random_psfs
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
+from deblurgan.fsutil import atomic_path, atomic_write_text
 from deblurgan.io import list_images, read_image, write_image
-from engine.cli import run_cli
 
 SHEET_MAX = 64
 
@@ -152,7 +151,7 @@ def synthesize(
     if sheet:
         write_image(out / "psf_sheet.png", psf_sheet(np.stack(sheet)))
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -180,28 +179,8 @@ def _to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
 
-from .cli import run_cli
 from .config import TrainConfig, load_yaml, make_config, parse_overrides, save_yaml, to_dict
 
 
@@ -90,7 +90,7 @@ def load_datasets(cfg: TrainConfig):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: user errors become `error: <one line>` and exit code 2 (see engine.cli)."""
+    """Console entry point: user errors become `error: <one line>` and exit code 2 (see deblurgan.cli)."""
     return run_cli(_main, argv)
 
 

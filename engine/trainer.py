@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from deblurgan.checkpoint import atomic_save, load_checkpoint, load_state_dict_strict, make_checkpoint
 from deblurgan.config import CriticConfig, GeneratorConfig, config_to_dict
 from deblurgan.errors import CheckpointError, DeblurGANError
+from deblurgan.fsutil import atomic_write_text
 from deblurgan.io import write_image
 from deblurgan.layers import resolve_backend
 from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, wasserstein_estimate
@@ -36,7 +37,7 @@ from deblurgan.networks import Critic, Generator
 from deblurgan.vgg import load_vgg19_features
 from kernels.gradient_penalty import gradient_penalty_reference
 
-from .config import TrainConfig, atomic_write_text, to_dict
+from .config import TrainConfig, to_dict
 
 LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "lr",
               "it_per_s", "img_per_s", "time"]  # fmt: skip

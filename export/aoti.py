@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +27,11 @@ from torch import nn
 
 from deblurgan import __version__
 from deblurgan.checkpoint import load_generator
+from deblurgan.cli import run_cli
 from deblurgan.config import config_to_dict
 from deblurgan.errors import DeblurGANError
+from deblurgan.fsutil import atomic_path
 from deblurgan.networks import Generator
-
-from .runtime import cli_guard
 
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 8, 16384, 4
 
@@ -94,20 +93,14 @@ class AotiExporter:
     def export(self, out: str | os.PathLike) -> Path:
         """Compile and write the package to `out` atomically (an old file survives any failure)."""
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         program = self.exported_program()
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".pt2", dir=out.parent)
-        os.close(fd)
         try:
-            with warnings.catch_warnings():
+            with atomic_path(out) as tmp, warnings.catch_warnings():  # the temp name keeps the .pt2 suffix
                 warnings.simplefilter("ignore")
                 torch._inductor.aoti_compile_and_package(
-                    program, package_path=tmp, inductor_configs={"aot_inductor.metadata": self.metadata()}
+                    program, package_path=str(tmp), inductor_configs={"aot_inductor.metadata": self.metadata()}
                 )
-            os.replace(tmp, out)
         except BaseException as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             if isinstance(e, Exception) and not isinstance(e, (DeblurGANError, OSError)):
                 # most often a missing/broken C++ compiler: say so in one line instead of a long traceback
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -168,7 +161,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: errors become one line on stderr and exit 2."""
-    return cli_guard(_main, argv)
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

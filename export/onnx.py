@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +28,11 @@ from torch import nn
 
 from deblurgan import __version__
 from deblurgan.checkpoint import load_generator
+from deblurgan.cli import run_cli
 from deblurgan.config import config_to_dict
 from deblurgan.errors import DeblurGANError
+from deblurgan.fsutil import atomic_path
 from deblurgan.networks import Generator
-
-from .runtime import cli_guard
 
 OPSET = 18
 SIZE_MULTIPLE = 4
@@ -163,18 +162,9 @@ def check_graph(model) -> None:
 def atomic_save_onnx(model, out: str | os.PathLike) -> Path:
     import onnx
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)  # < 2 GB: one self-contained file, no external data
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    with atomic_path(out) as tmp:
+        onnx.save_model(model, str(tmp))  # < 2 GB: one self-contained file, no external data
+    return Path(out)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -256,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: errors become one line on stderr and exit 2."""
-    return cli_guard(_main, argv)
+    return run_cli(_main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:

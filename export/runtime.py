@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -325,19 +323,3 @@ def _require(module: str, hint: str) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
-
-
-def cli_guard(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run an exporter CLI: a DeblurGANError becomes `error: <one line>` and exit 2, never a traceback.
-
-    Same contract as engine.cli.run_cli; repeated here because `export` must not import `engine`
-    and the console scripts call `main` directly.
-    """
-    try:
-        return int(main(argv) or 0)
-    except DeblurGANError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

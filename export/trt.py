@@ -24,9 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from deblurgan import __version__
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
+from deblurgan.fsutil import atomic_write_bytes
 
-from .runtime import cli_guard, gpu_info, import_tensorrt, sidecar_path
+from .runtime import gpu_info, import_tensorrt, sidecar_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 SIZE_MULTIPLE, MIN_SIZE = 4, 8
@@ -236,23 +238,6 @@ def write_sidecar(engine: str | os.PathLike, data: dict) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deblurgan-export-trt", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -311,7 +296,7 @@ def _build(onnx_path, out: Path, profile: ShapeProfile, options: BuildOptions, t
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: errors become one line on stderr and exit 2."""
-    return cli_guard(_main, argv)
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

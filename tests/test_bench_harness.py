@@ -16,9 +16,9 @@ import torch
 from bench import report
 from bench.deepdeblur import DeepDeblur, count_flops
 from bench.timing import gbps, on_gpu, tensor_bytes, time_ms
+from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
 from deblurgan.networks import Generator, count_parameters
-from engine.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
 """Layering: kernels <- deblurgan <- export <- engine; bench measures from outside. No import runs upward."""
+
 import ast
 import subprocess
 import sys

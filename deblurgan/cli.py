@@ -1,10 +1,13 @@
-"""Shared CLI plumbing: user errors become one line on stderr and a non-zero exit, never a traceback."""
+"""Shared CLI plumbing: user errors become one line on stderr and a non-zero exit, never a traceback.
+
+Lives in `deblurgan` so that both `engine` and `export` CLIs use the same contract."""
+
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
 
-from deblurgan.errors import DeblurGANError
+from .errors import DeblurGANError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
