@@ -1,6 +1,6 @@
 """DeblurGAN losses: perceptual (VGG19 conv3_3) content loss and the WGAN critic/generator terms.
 
-L_G = -mean D(G(B)) + content_weight * MSE(phi(G(B)), phi(S))
+L_G = -mean D(G(B)) + content_weight * MSE(phi(G(B)), phi(S))   (the paper; the trainer can add pixel_loss)
 L_D = mean D(G(B)) - mean D(S) + gp_weight * GP       (GP is added by the trainer)
 """
 
@@ -37,6 +37,11 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad():
             f_real = self.features(self._prep(sharp))
         return F.mse_loss(f_fake.float(), f_real.float())
+
+
+def pixel_loss(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error in pixel space ([-1, 1] images): not in the paper, an optional extra content term."""
+    return F.l1_loss(restored.float(), sharp.float())
 
 
 def critic_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:

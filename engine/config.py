@@ -26,6 +26,7 @@ class ModelConfig:
     n_blocks: int = 9
     dropout: float = 0.5
     learn_residual: bool = True
+    zero_init_last: bool = False  # zero the last conv: with learn_residual the generator starts as the identity
     ndf: int = 64
     n_layers_d: int = 3
     kernels: str = "torch"  # IN+activation (and later GP) implementation: torch | triton | auto
@@ -33,7 +34,9 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    content_weight: float = 100.0
+    content_weight: float = 100.0  # perceptual (VGG) term; 0 skips the VGG entirely
+    adv_weight: float = 1.0  # WGAN term -mean D(G(B)); the paper: 1
+    pixel_weight: float = 0.0  # L1(G(B), S) in [-1, 1]; the paper: 0 (not in its loss)
     gp_weight: float = 10.0
     gp_norm: str = "sample"  # sample: the paper (norm over C*H*W); pixel: the authors' code
     vgg_weights: str = "imagenet"  # imagenet | auto | random | PATH
@@ -86,13 +89,16 @@ class TrainConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
+    # A 3-minute CPU run (see docs/training.md, "What the demo optimises"): a small model that starts as the
+    # identity, an L1 term on top of the paper's loss, one critic step per generator step, EMA weights.
     "demo": {
         "name": None,
-        "save_every": 50,
-        "log_every": 10,
-        "loss": {"vgg_weights": "auto"},
-        "model": {"ngf": 32, "n_blocks": 6},
-        "optim": {"epochs_constant": 1, "epochs_decay": 1, "critic_updates": 5},
+        "save_every": 100,
+        "log_every": 16,
+        "ema": 0.99,
+        "loss": {"vgg_weights": "auto", "pixel_weight": 100.0},
+        "model": {"ngf": 32, "n_blocks": 6, "dropout": 0.0, "zero_init_last": True},
+        "optim": {"beta1": 0.9, "epochs_constant": 3, "epochs_decay": 1, "critic_updates": 1},
         "data": {"crop": 64, "num_workers": 0, "val_max_images": 4},
     },
 }
@@ -103,6 +109,19 @@ CHOICES = {
     "loss.gp_norm": ("sample", "pixel"),
     "amp": ("off", "bf16"),
 }
+
+
+# What the paper optimises (loss, optimiser, init), as opposed to scale (model size, crop, epochs, batch).
+RECIPE_KEYS = ["loss.adv_weight", "loss.content_weight", "loss.pixel_weight", "loss.gp_weight", "loss.gp_norm",
+               "optim.lr", "optim.beta1", "optim.beta2", "optim.critic_updates", "model.dropout",
+               "model.learn_residual", "model.zero_init_last"]  # fmt: skip
+
+
+def recipe_deviations(cfg: TrainConfig) -> list[str]:
+    """'key value (paper: value)' for each recipe key that differs from the paper's; [] for the paper recipe."""
+    ours, paper = _flatten(to_dict(cfg)), _flatten(to_dict(TrainConfig()))
+    return [f"{k} {ours[k]:g} (paper: {paper[k]:g})" if isinstance(ours[k], float) else
+            f"{k} {ours[k]} (paper: {paper[k]})" for k in RECIPE_KEYS if ours[k] != paper[k]]  # fmt: skip
 
 
 def to_dict(cfg: Any) -> dict:
@@ -273,10 +292,13 @@ def validate(cfg: TrainConfig) -> None:
         if flat[key] < 1:
             raise DeblurGANError(f"{key} must be >= 1 (got {flat[key]})")
     non_negative = ["max_steps", "samples", "data.num_workers", "data.val_max_images", "optim.epochs_constant",
-                    "optim.epochs_decay", "loss.content_weight", "loss.gp_weight"]  # fmt: skip
+                    "optim.epochs_decay", "loss.content_weight", "loss.gp_weight", "loss.adv_weight",
+                    "loss.pixel_weight"]  # fmt: skip
     for key in non_negative:
         if flat[key] < 0:
             raise DeblurGANError(f"{key} must be >= 0 (got {flat[key]})")
+    if cfg.loss.adv_weight + cfg.loss.content_weight + cfg.loss.pixel_weight == 0:
+        raise DeblurGANError("loss.adv_weight, loss.content_weight and loss.pixel_weight are all 0: nothing to train")
     if cfg.optim.epochs_constant + cfg.optim.epochs_decay < 1:
         raise DeblurGANError("optim.epochs_constant + optim.epochs_decay must be >= 1")
     if not cfg.optim.lr > 0 or cfg.optim.lr != cfg.optim.lr:

@@ -26,7 +26,7 @@ import yaml
 from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
 
-from .config import TrainConfig, load_yaml, make_config, parse_overrides, save_yaml, to_dict
+from .config import TrainConfig, load_yaml, make_config, parse_overrides, recipe_deviations, save_yaml, to_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         cfg.name = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out_dir) / cfg.name
     print(f"preset {cfg.preset}; run folder {run_dir}", file=sys.stderr)
+    changed = recipe_deviations(cfg)
+    if changed:
+        print(f"note: not the paper's training recipe: {'; '.join(changed)} (see docs/training.md)", file=sys.stderr)
 
     from deblurgan.vgg import load_vgg19_features
 

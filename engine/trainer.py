@@ -32,16 +32,16 @@ from deblurgan.errors import CheckpointError, DeblurGANError
 from deblurgan.fsutil import atomic_write_text
 from deblurgan.io import write_image
 from deblurgan.layers import resolve_backend
-from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, wasserstein_estimate
+from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, pixel_loss, wasserstein_estimate
 from deblurgan.networks import Critic, Generator
 from deblurgan.vgg import load_vgg19_features
 from kernels.gradient_penalty import gradient_penalty_reference
 
 from .config import TrainConfig, to_dict
 
-LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "lr",
-              "it_per_s", "img_per_s", "time"]  # fmt: skip
-LOSS_NAMES = ["loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein"]
+LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "loss_pixel",
+              "lr", "it_per_s", "img_per_s", "time"]  # fmt: skip
+LOSS_NAMES = ["loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "loss_pixel"]
 VAL_FIELDS = ["step", "epoch", "psnr", "ssim", "psnr_input", "ssim_input", "weights"]
 
 
@@ -73,6 +73,19 @@ def compute_gp(
 
         return gradient_penalty(critic, real, fake, weight, mode)
     return gradient_penalty_reference(critic, real, fake, weight, mode)
+
+
+def zero_last_conv(gen: nn.Module) -> None:
+    """Zero the weights and bias of the generator's last convolution (not the paper's N(0, 0.02) init).
+
+    With `learn_residual` the output is clamp(B + tanh(conv(...))), so the generator starts as the identity
+    instead of adding a large random residual; the last conv's gradient is not zero, so it still learns.
+    """
+    last = [mod for mod in gen.modules() if isinstance(mod, nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
 
 
 class ResumableSampler(Sampler[int]):
@@ -215,6 +228,8 @@ class Trainer:
         gcfg = GeneratorConfig(ngf=m.ngf, n_blocks=m.n_blocks, dropout=m.dropout, learn_residual=m.learn_residual,
                                kernels=self.kernels)  # fmt: skip
         self.gen = Generator(gcfg).to(self.device)
+        if m.zero_init_last:
+            zero_last_conv(self.gen)
         self.gen.config.kernels = m.kernels
         self.critic = Critic(CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=self.kernels)).to(self.device)
         self.critic_config = CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=m.kernels)
@@ -269,7 +284,11 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, blur: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
-        """One iteration; returns [loss_d, loss_g, loss_g_adv, loss_content, gp, wasserstein] (detached)."""
+        """One iteration; returns [loss_d, loss_g, loss_g_adv, loss_content, gp, wasserstein, loss_pixel] (detached).
+
+        L_G = adv_weight * (-mean D(G(B))) + content_weight * perceptual + pixel_weight * L1(G(B), S); the paper
+        is adv_weight 1, content_weight 100, pixel_weight 0. The unweighted terms are returned.
+        """
         cfg, n = self.cfg, sharp.shape[0]
         blur = blur.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         sharp = sharp.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -289,17 +308,20 @@ class Trainer:
             self.opt_d.step()
         self.critic.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
+        lc = cfg.loss
         with self._autocast():
             adv = generator_adv_loss(self.critic_fwd(fake))
-            content = self.perceptual(fake, sharp)
-            loss_g = adv + cfg.loss.content_weight * content
+            zero = adv.new_zeros(())
+            content = self.perceptual(fake, sharp) if lc.content_weight > 0 else zero  # weight 0: skip the VGG
+            pixel = pixel_loss(fake, sharp) if lc.pixel_weight > 0 else zero
+            loss_g = lc.adv_weight * adv + lc.content_weight * content + lc.pixel_weight * pixel
         loss_g.backward()
         self.opt_g.step()
         self.critic.requires_grad_(True)
         if self.ema is not None:
             self.ema.update()
         w = wasserstein_estimate(d_real, d_fake)
-        return torch.stack([loss_d, loss_g, adv, content, gp, w]).detach().float()
+        return torch.stack([loss_d, loss_g, adv, content, gp, w, pixel]).detach().float()
 
     def _sync_critic_grads(self) -> None:
         """Average critic gradients over ranks by hand: DDP's hooks do not support the GP's double backward."""

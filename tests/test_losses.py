@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from deblurgan.errors import DeblurGANError
-from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, wasserstein_estimate
+from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, pixel_loss, wasserstein_estimate
 from deblurgan.networks import Critic, CriticConfig
 from deblurgan.vgg import CONV3_3, IMAGENET_MEAN, IMAGENET_STD, VGG19_FILE, load_vgg19_features, vgg19_features
 from engine.trainer import compute_gp
@@ -219,3 +219,12 @@ def test_trainer_gp_hook_matches_reference(mode: str) -> None:
     torch.manual_seed(5)
     eps = draw_eps(2, mode, real.device)
     torch.testing.assert_close(gp, independent_gp(critic, real, fake, eps, 10.0, mode), rtol=1e-5, atol=1e-6)
+
+
+def test_pixel_loss_is_mean_absolute_error() -> None:
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(2, 3, 9, 7, generator=g) * 2 - 1, torch.rand(2, 3, 9, 7, generator=g) * 2 - 1
+    ref = (a.double() - b.double()).abs().sum() / a.numel()
+    torch.testing.assert_close(pixel_loss(a, b).double(), ref, rtol=1e-6, atol=1e-7)  # fp32 sum order
+    assert pixel_loss(b, b) == 0.0
+    assert pixel_loss(a.bfloat16(), b.bfloat16()).dtype == torch.float32

@@ -5,6 +5,7 @@ Tiny configs (ngf 8, one ResBlock, 32x32 crops, random VGG) keep each test to a 
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -90,6 +91,49 @@ def test_steps_reduce_generator_loss_on_fixed_batch(vgg, tmp_path) -> None:
     assert np.mean(content[-5:]) < 0.7 * content[0], content
     # the critic's loss (mostly GP at the start: its input gradients are ~0 at init) goes down too
     assert np.mean([float(v[0]) for v in losses[-5:]]) < 0.5 * float(losses[0][0])
+
+
+@pytest.mark.parametrize("weights", [(1.0, 100.0, 0.0), (0.1, 0.0, 30.0), (0.5, 20.0, 7.0)])
+def test_generator_loss_weights(vgg, tmp_path, weights) -> None:
+    """loss_g = adv_weight * adv + content_weight * perceptual + pixel_weight * L1, recomputed independently."""
+    adv_w, content_w, pixel_w = weights
+    cfg = tiny_cfg(model={"dropout": 0.0}, loss={"adv_weight": adv_w, "content_weight": content_w,
+                                                 "pixel_weight": pixel_w}, optim={"critic_updates": 1})  # fmt: skip
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    data = TinyPairs(2, seed=1)
+    gen0 = copy.deepcopy(tr.gen)
+    out = tr.train_step(data.blur, data.sharp)
+    with torch.no_grad():  # the fake the step used (no dropout) and the critic as it was for the generator step
+        fake = gen0(data.blur)
+        adv = -tr.critic(fake).mean()
+        content = ((vgg(fake) - vgg(data.sharp)) ** 2).mean() if content_w else torch.tensor(0.0)
+        pixel = (fake - data.sharp).abs().mean() if pixel_w else torch.tensor(0.0)
+    torch.testing.assert_close(out[2:4], torch.stack([adv, content]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out[6], pixel, rtol=1e-4, atol=1e-6)
+    total = adv_w * adv + content_w * content + pixel_w * pixel
+    torch.testing.assert_close(out[1], total, rtol=1e-4, atol=1e-5)
+    assert (float(pixel) > 0) == (pixel_w > 0) and (float(content) > 0) == (content_w > 0)
+
+
+def test_zero_init_last_starts_as_identity_and_learns(vgg, tmp_path) -> None:
+    data = TinyPairs(2, seed=1)
+    plain = Trainer(tiny_cfg(model={"zero_init_last": False}), tmp_path / "a", TinyPairs(2), vgg=vgg, progress=False)
+    assert (plain.gen.eval()(data.blur) - data.blur).abs().max() > 0.05  # the paper's init: a random residual
+    cfg = tiny_cfg(model={"zero_init_last": True, "dropout": 0.0}, loss={"pixel_weight": 100.0},
+                   optim={"critic_updates": 1, "lr": 1e-3})  # fmt: skip
+    tr = Trainer(cfg, tmp_path / "b", TinyPairs(2), vgg=vgg, progress=False)
+    torch.testing.assert_close(tr.gen(data.blur), data.blur, rtol=0, atol=0)  # blur is in (-1, 1): no clamping
+    pix = [float(tr.train_step(data.blur, data.sharp)[6]) for _ in range(25)]
+    assert np.mean(pix[-5:]) < 0.9 * pix[0], pix  # the zero conv gets gradients: it does not stay the identity
+
+
+def test_pixel_loss_alone_fits_a_fixed_batch(vgg, tmp_path) -> None:
+    cfg = tiny_cfg(model={"dropout": 0.0}, loss={"adv_weight": 0.0, "content_weight": 0.0, "pixel_weight": 1.0},
+                   optim={"lr": 1e-3, "critic_updates": 1})  # fmt: skip
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    data = TinyPairs(2, seed=1)
+    pix = [float(tr.train_step(data.blur, data.sharp)[6]) for _ in range(25)]
+    assert np.mean(pix[-5:]) < 0.7 * pix[0], pix
 
 
 @pytest.mark.parametrize("n, world", [(7, 1), (7, 2), (8, 3)])

@@ -6,13 +6,14 @@ import pytest
 import torch
 import yaml
 
-from engine.config import make_config, parse_overrides, resolve_key, to_dict
+from engine.config import make_config, parse_overrides, recipe_deviations, resolve_key, to_dict
 from engine.train import main
 
 
 def test_paper_preset_is_the_papers_recipe() -> None:
     cfg = make_config("paper")
     assert (cfg.loss.content_weight, cfg.loss.gp_weight, cfg.loss.gp_norm) == (100.0, 10.0, "sample")
+    assert (cfg.loss.adv_weight, cfg.loss.pixel_weight) == (1.0, 0.0)  # L_G = -mean D + 100 * perceptual only
     assert (cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.critic_updates) == (1e-4, 0.5, 0.999, 5)
     assert (cfg.optim.epochs_constant, cfg.optim.epochs_decay) == (150, 150)
     assert (cfg.data.batch_size, cfg.data.crop) == (1, 256)
@@ -20,6 +21,14 @@ def test_paper_preset_is_the_papers_recipe() -> None:
     assert cfg.loss.vgg_weights == "imagenet" and cfg.loss.vgg_normalize is False
     demo = make_config("demo")
     assert demo.loss.vgg_weights == "auto" and demo.data.crop < 256
+
+
+def test_recipe_deviations_name_what_differs_from_the_paper() -> None:
+    assert recipe_deviations(make_config("paper")) == []
+    cfg = make_config("paper", [{"optim": {"lr": 2e-4}, "loss": {"pixel_weight": 5}, "model": {"ngf": 8}}])
+    assert recipe_deviations(cfg) == ["loss.pixel_weight 5 (paper: 0)", "optim.lr 0.0002 (paper: 0.0001)"]
+    demo = recipe_deviations(make_config("demo"))
+    assert demo and all("(paper: " in d for d in demo)  # the demo's changes are named (and printed at start)
 
 
 def test_overrides_parse_and_convert() -> None:
@@ -80,6 +89,8 @@ def _resolve(argv):
         (["--device", "tpu"], "device must be auto"),
         (["--ngf"], "model.ngf must be int"),
         (["--ndf", "-3"], "model.ndf must be >= 1"),
+        (["--pixel-weight", "-1"], "loss.pixel_weight must be >= 0"),
+        (["--adv-weight", "0", "--content-weight", "0", "--pixel-weight", "0"], "nothing to train"),
         (["stray"], "unexpected argument 'stray'"),
         (["--resume"], "--resume needs a run folder"),
     ],
@@ -144,6 +155,7 @@ def test_default_job_end_to_end_tiny(tmp_path, capsys) -> None:
     assert main(argv) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
     assert "preset demo" in err and "NOT the paper's loss" in err and "val PSNR" in err
+    assert "note: not the paper's training recipe: " in err
     run = tmp_path / "t"
     for name in ("config.yaml", "train_log.csv", "val_log.csv", "metrics.json", "samples/latest.png"):
         assert (run / name).is_file(), name
