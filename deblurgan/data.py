@@ -52,6 +52,7 @@ SKIMAGE_PER_IMAGE = {"train": 32, "val": 4}
 SPLITS = ("train", "val")
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "test")}
 _WEIGHTS = re.compile(r"^\d+(:\d+)*$")
+PAPER_MAX_LEN = 60.0  # the paper's trajectory length (pixels) on its 64x64 kernel canvas
 
 __all__ = [
     "AlignedDataset",
@@ -122,6 +123,16 @@ def _item(blur: np.ndarray, sharp: np.ndarray, path: str) -> dict:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise DeblurGANError(f"split must be one of {SPLITS} (got {split!r})")
+
+
+def _check_max_len(max_len: float) -> None:
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, float)) or not 0 < max_len <= 1000:
+        raise DeblurGANError(f"blur max_len must be a trajectory length in pixels in (0, 1000] (got {max_len!r})")
+
+
+def blur_canvas(max_len: float) -> int:
+    """The kernel canvas for trajectories of length `max_len`: the paper's 64 for 60, smaller for milder blur."""
+    return 2 * math.ceil(max_len / 2) + 4
 
 
 def _check_crop(crop: int | None) -> None:
@@ -297,13 +308,16 @@ class SyntheticDataset(Dataset):
         crop: int | None = 256,
         seed: int = 0,
         per_image: int = 1,
-        canvas: int = 64,
+        canvas: int | None = None,
         fractions: Sequence[float] = FRACTIONS,
         gamma: float | None = None,
         noise_std: float = 0.0,
+        max_len: float = PAPER_MAX_LEN,
     ) -> None:
         _check_split(split)
         _check_crop(crop)
+        _check_max_len(max_len)
+        canvas = blur_canvas(max_len) if canvas is None else canvas
         if not sources:
             raise DeblurGANError("synthetic: no sharp images")
         if per_image < 1:
@@ -311,6 +325,7 @@ class SyntheticDataset(Dataset):
         self.sources = [str(s) for s in sources]
         self.split, self.crop, self.seed, self.per_image = split, crop, seed, per_image
         self.canvas, self.fractions, self.gamma, self.noise_std = canvas, tuple(fractions), gamma, noise_std
+        self.max_len = float(max_len)
         self._cache: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
@@ -330,7 +345,7 @@ class SyntheticDataset(Dataset):
         source = self.sources[index // self.per_image]
         sharp = self._sharp(source)
         rng = _item_rng(self.seed, index, self.split)
-        psfs = random_psfs(rng, 1, canvas=self.canvas, fractions=self.fractions)[0]
+        psfs = random_psfs(rng, 1, canvas=self.canvas, max_len=self.max_len, fractions=self.fractions)[0]
         psf = psfs[rng.integers(len(psfs))]
         if self.split == "val" or self.crop is None:
             sharp = _mult4(sharp, source)
@@ -370,11 +385,14 @@ def _skimage_image(name: str) -> np.ndarray:
     return img
 
 
-def skimage_dataset(split: str = "train", crop: int | None = 256, seed: int = 0) -> SyntheticDataset:
+def skimage_dataset(
+    split: str = "train", crop: int | None = 256, seed: int = 0, blur_max_len: float = PAPER_MAX_LEN
+) -> SyntheticDataset:
     """The embedded default: scikit-image's colour samples, blurred on the fly; "chelsea" is held out for val."""
     names = SKIMAGE_TRAIN if split == "train" else SKIMAGE_VAL
     sources = [f"skimage:{n}" for n in names]
-    return SyntheticDataset(sources, split=split, crop=crop, seed=seed, per_image=SKIMAGE_PER_IMAGE.get(split, 1))
+    per_image = SKIMAGE_PER_IMAGE.get(split, 1)
+    return SyntheticDataset(sources, split=split, crop=crop, seed=seed, per_image=per_image, max_len=blur_max_len)
 
 
 # ----------------------------------------------------------------------------------------------- mixing
@@ -415,12 +433,24 @@ class CombinedDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------- specs
-def build_dataset(spec: str | None, split: str = "train", crop: int | None = 256, seed: int = 0) -> Dataset:
-    """The dataset a spec names (grammar in the module docstring); raises DeblurGANError for a bad spec."""
+def build_dataset(
+    spec: str | None,
+    split: str = "train",
+    crop: int | None = 256,
+    seed: int = 0,
+    *,
+    blur_max_len: float = PAPER_MAX_LEN,
+) -> Dataset:
+    """The dataset a spec names (grammar in the module docstring); raises DeblurGANError for a bad spec.
+
+    `blur_max_len` is the camera-shake trajectory length (pixels) of the blur synthesised on the fly (skimage and
+    synthetic:DIR parts); the default is the paper's 60 on a 64x64 kernel canvas. Real pairs ignore it.
+    """
     _check_split(split)
     _check_crop(crop)
+    _check_max_len(blur_max_len)
     if spec is None or spec.strip() in ("", "skimage"):
-        return skimage_dataset(split, crop, seed)
+        return skimage_dataset(split, crop, seed, blur_max_len)
     spec = spec.strip()
     if spec.startswith("combined:"):
         body, weights = spec[len("combined:") :], None
@@ -438,7 +468,9 @@ def build_dataset(spec: str | None, split: str = "train", crop: int | None = 256
         for k, p in enumerate(items):
             if p.strip().startswith("combined:"):
                 raise DeblurGANError("combined specs cannot be nested")
-            parts.append(build_dataset(p, split, crop, seed + 1000 * k))  # parts draw independent kernels
+            parts.append(
+                build_dataset(p, split, crop, seed + 1000 * k, blur_max_len=blur_max_len)
+            )  # parts draw independent kernels
         if split == "val":  # validation scores every item once; the ratio only matters for training
             return ConcatDataset(parts)
         return CombinedDataset(parts, weights)
@@ -467,7 +499,7 @@ def build_dataset(spec: str | None, split: str = "train", crop: int | None = 256
         files = list_images(_existing_dir(arg, "synthetic"))
         if not files:
             raise DeblurGANError(f"synthetic: no images under {arg}")
-        return SyntheticDataset(files, split, crop, seed)
+        return SyntheticDataset(files, split, crop, seed, max_len=blur_max_len)
     raise DeblurGANError(
         f"unknown dataset kind {kind!r} in {spec!r} (gopro, gopro_gamma, aligned, paired, synthetic, combined, skimage)"
     )
@@ -487,6 +519,6 @@ def describe_dataset(ds: Dataset | str | None, split: str = "train") -> str:
     )
     extra = ""
     if isinstance(ds, SyntheticDataset):
-        extra = f" from {len(ds.sources)} sharp images x{ds.per_image}"
+        extra = f" from {len(ds.sources)} sharp images x{ds.per_image}, blur length {ds.max_len:g}px"
     crop = "full frames" if ds.split == "val" or ds.crop is None else f"{ds.crop}px crops"
     return f"{kind}: {len(ds)} items{extra}, split {ds.split}, {crop}"

@@ -62,6 +62,7 @@ class DataConfig:
     batch_size: int = 1
     num_workers: int = 4
     val_max_images: int = 0  # 0 = all
+    blur_max_len: float = 60.0  # synthetic blur: camera-shake trajectory length in pixels; the paper: 60
 
 
 @dataclass
@@ -114,7 +115,7 @@ CHOICES = {
 # What the paper optimises (loss, optimiser, init), as opposed to scale (model size, crop, epochs, batch).
 RECIPE_KEYS = ["loss.adv_weight", "loss.content_weight", "loss.pixel_weight", "loss.gp_weight", "loss.gp_norm",
                "optim.lr", "optim.beta1", "optim.beta2", "optim.critic_updates", "model.dropout",
-               "model.learn_residual", "model.zero_init_last"]  # fmt: skip
+               "model.learn_residual", "model.zero_init_last", "data.blur_max_len"]  # fmt: skip
 
 
 def recipe_deviations(cfg: TrainConfig) -> list[str]:
@@ -308,6 +309,10 @@ def validate(cfg: TrainConfig) -> None:
             raise DeblurGANError(f"{key} must be in [0, 1) (got {flat[key]})")
     if not 0.0 <= cfg.ema < 1.0:
         raise DeblurGANError(f"ema must be in [0, 1), e.g. 0.999 (got {cfg.ema})")
+    if not 0 < cfg.data.blur_max_len <= 1000:
+        raise DeblurGANError(
+            f"data.blur_max_len must be in (0, 1000] pixels, the paper: 60 (got {cfg.data.blur_max_len})"
+        )
     if cfg.data.crop < 4 or cfg.data.crop % 4:
         raise DeblurGANError(f"data.crop must be a multiple of 4 and >= 4 (got {cfg.data.crop})")
     dev = cfg.device

@@ -84,8 +84,9 @@ def load_datasets(cfg: TrainConfig):
         from deblurgan.data import build_dataset
     except ImportError as e:
         raise DeblurGANError(f"the data module is not available ({e})") from None
-    train = build_dataset(cfg.data.train, split="train", crop=cfg.data.crop, seed=cfg.seed)
-    val = build_dataset(cfg.data.val or cfg.data.train, split="val", crop=None, seed=cfg.seed)  # full frames
+    blur = {"blur_max_len": cfg.data.blur_max_len}  # synthetic blur strength, the same for train and val
+    train = build_dataset(cfg.data.train, split="train", crop=cfg.data.crop, seed=cfg.seed, **blur)
+    val = build_dataset(cfg.data.val or cfg.data.train, split="val", crop=None, seed=cfg.seed, **blur)  # full frames
     return train, val
 
 

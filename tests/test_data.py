@@ -259,3 +259,36 @@ def test_picklable_and_works_with_workers(gopro, sharp_dir):
     batches = list(DataLoader(ds, batch_size=3, num_workers=2, shuffle=True))
     assert sum(len(b["path"]) for b in batches) == len(ds)
     assert batches[0]["blur"].shape == (3, 3, 16, 16)
+
+
+def _psf_extent(item) -> int:
+    """Largest side of the box of pixels a point light was spread over (the PSF support)."""
+    ys, xs = np.nonzero(item["blur"][0].numpy() > -1 + 1e-4)
+    return int(max(ys.max() - ys.min(), xs.max() - xs.min())) + 1
+
+
+def test_blur_max_len_sets_the_psf_support_default_is_the_papers(tmp_path):
+    dot = np.zeros((96, 96, 3), np.uint8)
+    dot[48, 48] = 255
+    _save(tmp_path / "dot.png", dot)
+    paper = SyntheticDataset([tmp_path / "dot.png"], "val", per_image=8)
+    mild = SyntheticDataset([tmp_path / "dot.png"], "val", per_image=8, max_len=6)
+    assert (paper.canvas, paper.max_len, mild.canvas) == (64, 60.0, 10)
+    assert max(_psf_extent(mild[i]) for i in range(8)) <= 8  # length 6 (+1 pixel of bilinear spread)
+    assert max(_psf_extent(paper[i]) for i in range(8)) > 20
+    assert torch.equal(mild[3]["blur"], mild[3]["blur"])  # val stays deterministic per index
+    ds = build_dataset(f"synthetic:{tmp_path}", "val", blur_max_len=6)
+    assert ds.max_len == 6 and torch.equal(
+        ds[0]["blur"], SyntheticDataset([tmp_path / "dot.png"], "val", max_len=6)[0]["blur"]
+    )
+    assert build_dataset(None, "train", crop=32, blur_max_len=12).max_len == 12
+    assert build_dataset(None, "val").max_len == 60 and "blur length 12px" in describe_dataset(
+        build_dataset(None, "val", blur_max_len=12)
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -3, float("nan"), 5000, "10", True])
+def test_bad_blur_max_len_is_a_one_line_error(bad):
+    with pytest.raises(DeblurGANError) as e:
+        build_dataset(None, "val", blur_max_len=bad)
+    assert "\n" not in str(e.value) and "max_len" in str(e.value)

@@ -6,8 +6,9 @@ import pytest
 import torch
 import yaml
 
+from deblurgan.errors import DeblurGANError
 from engine.config import make_config, parse_overrides, recipe_deviations, resolve_key, to_dict
-from engine.train import main
+from engine.train import load_datasets, main
 
 
 def test_paper_preset_is_the_papers_recipe() -> None:
@@ -29,6 +30,19 @@ def test_recipe_deviations_name_what_differs_from_the_paper() -> None:
     assert recipe_deviations(cfg) == ["loss.pixel_weight 5 (paper: 0)", "optim.lr 0.0002 (paper: 0.0001)"]
     demo = recipe_deviations(make_config("demo"))
     assert demo and all("(paper: " in d for d in demo)  # the demo's changes are named (and printed at start)
+    mild = make_config("paper", [{"data": {"blur_max_len": "15"}}])
+    assert recipe_deviations(mild) == ["data.blur_max_len 15 (paper: 60)"]
+
+
+def test_blur_max_len_knob_default_is_the_papers_and_bad_values_are_errors() -> None:
+    assert make_config("paper").data.blur_max_len == 60.0
+    assert parse_overrides(["--blur-max-len", "12"]) == {"data": {"blur_max_len": "12"}}
+    for bad in ("0", "-1", "nan", "2000", "long"):
+        with pytest.raises(DeblurGANError) as e:
+            make_config("paper", [{"data": {"blur_max_len": bad}}])
+        assert "data.blur_max_len" in str(e.value) and "\n" not in str(e.value)
+    train, val = load_datasets(make_config("paper", [{"data": {"blur_max_len": 12}}]))  # bundled samples
+    assert train.max_len == val.max_len == 12.0  # validation is blurred like training
 
 
 def test_overrides_parse_and_convert() -> None:
