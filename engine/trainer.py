@@ -33,6 +33,7 @@ from deblurgan.fsutil import atomic_write_text
 from deblurgan.io import write_image
 from deblurgan.layers import resolve_backend
 from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, pixel_loss, wasserstein_estimate
+from deblurgan.metrics import psnr, ssim
 from deblurgan.networks import Critic, Generator
 from deblurgan.vgg import load_vgg19_features
 from kernels.gradient_penalty import gradient_penalty_reference
@@ -65,9 +66,8 @@ def compute_gp(
     critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str, backend: str = "torch"
 ) -> torch.Tensor:
     """The gradient penalty through the chosen implementation: 'torch' = plain autograd (the reference),
-    'triton' = the fused kernels of `kernels.gradient_penalty`, 'auto' = triton on CUDA tensors, else torch."""
-    if backend == "auto":
-        backend = "triton" if real.is_cuda else "torch"
+    'triton' = the fused kernels of `kernels.gradient_penalty`, 'auto' as `deblurgan.layers.resolve_backend`."""
+    backend = resolve_backend(backend, real.device)
     if backend == "triton":
         from kernels.gradient_penalty import gradient_penalty
 
@@ -134,18 +134,8 @@ class EMA:
 
 
 def psnr_ssim(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """PSNR/SSIM of two uint8 HxWx3 images (deblurgan.metrics when present, else scikit-image)."""
-    try:
-        from deblurgan.metrics import psnr, ssim
-
-        return float(psnr(a, b)), float(ssim(a, b))
-    except ImportError:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-        return (
-            float(peak_signal_noise_ratio(b, a, data_range=255)),
-            float(structural_similarity(b, a, channel_axis=2, data_range=255)),
-        )
+    """PSNR/SSIM of two uint8 HxWx3 images (scikit-image definitions, via deblurgan.metrics)."""
+    return float(psnr(a, b)), float(ssim(a, b))
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
