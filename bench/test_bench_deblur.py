@@ -61,8 +61,11 @@ def test_bench_deblur_tiling(benchmark, mode: str) -> None:
     )
     err = (y - untiled()).abs().max().item()
     benchmark.extra_info["max_abs_vs_untiled"] = err
+    assert torch.isfinite(y).all()
     if mode != "tiled-tile":
-        assert err < 1e-3
+        assert err < 1e-3  # exact tiling
+    else:
+        assert err < 1.0  # per-tile statistics: approximate, but far from the trivial bound of 2 in [-1, 1]
 
 
 def test_bench_png16_codec(benchmark) -> None:

@@ -88,7 +88,9 @@ def test_original_no_dropout_layout(tmp_path):
 
 def test_kernels_override_keeps_weights(tmp_path):
     path = save_generator(_random_gen(), tmp_path / "g.pt")
-    assert load_generator(path, kernels="torch").config.kernels == "torch"
+    loaded = load_generator(path, kernels="torch")
+    assert loaded.config.kernels == "torch"
+    assert torch.equal(loaded(_x()), _random_gen()(_x()))
 
 
 @pytest.mark.parametrize(

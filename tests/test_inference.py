@@ -324,6 +324,11 @@ def test_cuda_fp32_and_fp16_match_cpu(ckpt):
     assert np.abs(Deblurrer(ckpt, device="cuda").deblur(img).astype(int) - cpu).max() <= 1
     half = Deblurrer(ckpt, device="cuda", fp16=True).deblur(img).astype(int)
     assert np.abs(half - cpu).mean() < 2  # fp16 convolutions: a few levels at most, on average well under 2
+    x = torch.rand(1, 3, 64, 72, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    y32 = Deblurrer(ckpt, device="cuda").deblur_tensor(x)
+    y16 = Deblurrer(ckpt, device="cuda", fp16=True).deblur_tensor(x)
+    assert not torch.equal(y16, y32)  # fp16 really ran
+    assert 10 * math.log10(4.0 / (y16 - y32).pow(2).mean().item()) >= 40  # PSNR over the [-1, 1] range
     d = Deblurrer(ckpt, device="cuda", tile=128, batch_size=3)
     assert d.plan(152, 192) is not None
     assert np.abs(d.deblur(img).astype(int) - cpu).max() <= 1  # exact tiling on the GPU
