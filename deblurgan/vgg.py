@@ -1,8 +1,9 @@
 """VGG19 `features` with torchvision-compatible keys (torchvision itself is not a dependency).
 
-The perceptual loss uses `features[:15]`: VGG19 up to conv3_3, before its ReLU (as in the paper and the
-authors' code). `load_vgg19_features` loads a torchvision state dict (`features.N.weight`) strictly, from a
-file, the torch hub cache or the official download URL.
+The perceptual loss uses `features[:15]`: VGG19 up to conv3_3, before its ReLU, as in the authors' code (the
+paper's text describes features after activation; the issue and this engine follow the code).
+`load_vgg19_features` loads a torchvision state dict (`features.N.weight`) strictly, from a file, the torch hub
+cache or the official download URL.
 """
 
 from __future__ import annotations

@@ -314,7 +314,11 @@ def test_compile_matches_eager(vgg, tmp_path) -> None:
         tr = Trainer(cfg, tmp_path / f"r{i}", TinyPairs(1), vgg=vgg, progress=False)
         torch.manual_seed(0)
         out.append(torch.stack([tr.train_step(data.blur, data.sharp) for _ in range(2)]))
-    torch.testing.assert_close(out[1], out[0], rtol=1e-4, atol=1e-5)
+    # loss_g_adv (column 2) is a mean of critic scores that nearly cancel (~4e-3): compiled CPU kernels sum in
+    # another order (with 2 OpenMP threads it moved by 3e-4), so it gets an absolute bound; the rest agree to 1e-4
+    torch.testing.assert_close(out[1][:, 2], out[0][:, 2], rtol=0, atol=1e-3)
+    others = [0, 1, 3, 4, 5, 6]
+    torch.testing.assert_close(out[1][:, others], out[0][:, others], rtol=1e-4, atol=1e-5)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run by bench/gpu_check.sh)")
