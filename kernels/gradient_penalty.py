@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 import torch
 
+from ._triton import jit as _jit
+from ._triton import tl, triton
+
 GP_MODES = ("sample", "pixel")
 
 
@@ -57,20 +60,6 @@ def gradient_penalty_reference(
 # The interpolation and the penalty reduction (and its backward) are fused kernels; the critic in between
 # runs whatever it is built with (with kernels='triton' its IN layers use kernels.instance_norm_act, whose
 # backward is itself differentiable, so the double backward runs through the fused IN kernels too).
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # importable without triton; calling the Triton path raises a clear error
-    triton = None
-
-    class tl:  # noqa: N801 - stands in for triton.language so the kernel signatures still parse
-        constexpr = object
-
-    def _jit(fn):
-        return fn
-else:
-    _jit = triton.jit
 
 _BLOCK = 1024  # elements per program (interpolation, sample-mode reduction, backward)
 _PIX_BLOCK = 256  # pixels per program in pixel mode

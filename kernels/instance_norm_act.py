@@ -30,19 +30,8 @@ import os
 import torch
 from torch import nn
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the module stays importable; calling a kernel raises a clear error
-    triton = None
-
-    class tl:  # noqa: N801 - stands in for triton.language so the kernel signatures still parse
-        constexpr = object
-
-    def _jit(fn):
-        return fn
-else:
-    _jit = triton.jit
+from ._triton import jit as _jit
+from ._triton import tl, triton
 
 FUSED_MAX = 4096  # planes up to this many elements are normalized by one program (all in registers)
 TILE = 1024  # elements per loop step in the chunked kernels
