@@ -252,25 +252,14 @@ def _coerce(v: Any, t: Any, key: str) -> Any:
         if isinstance(v, str) and v.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return v.lower() in ("true", "yes", "1", "on")
         raise bad
-    if t is int:
+    if t in (int, float):
         if isinstance(v, bool):
             raise bad
-        if isinstance(v, int):
-            return v
+        if isinstance(v, int) or (t is float and isinstance(v, float)):
+            return t(v)
         if isinstance(v, str):
             try:
-                return int(v)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if t is float:
-        if isinstance(v, bool):
-            raise bad
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(v, str):
-            try:
-                return float(v)
+                return t(v)
             except ValueError:
                 raise bad from None
         raise bad
