@@ -89,7 +89,7 @@ phase gpu_tests "${GPU_TESTS_S:-50}" "$PY" -m pytest tests -m gpu -q -rs -p no:c
 
 # --- benchmarks: one pytest per suite, so a slow suite cannot take the others' results with it -----------------------
 # default limits (s); with GPU_TESTS_S they add up to about BUDGET_S. Compile-heavy suites get the most.
-declare -A DEFAULT_S=([models]=35 [blur]=20 [kernels]=55 [train]=35 [inference]=75 [deblur]=15)
+declare -A DEFAULT_S=([models]=30 [blur]=15 [kernels]=55 [train]=45 [inference]=75 [deblur]=15)
 suites=()
 # headline first, cheap suites before expensive ones
 for s in models blur kernels train inference deblur; do [[ -f bench/test_bench_$s.py ]] && suites+=("$s"); done

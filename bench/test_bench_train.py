@@ -2,8 +2,9 @@
 the VGG loss): eager defaults vs the engine's speed switches, at batch 1 and 16.
 
 CUDA: the paper's model and 256x256 crops; `engine` = bf16 autocast + channels_last + fused Adam + Triton kernels
-(kernels="auto"); `engine+compile` adds torch.compile of the forwards and runs only with BENCH_TRAIN_COMPILE=1
-(compiling the full generator and critic takes longer than bench/gpu_check.sh gives this suite).
+(kernels="auto"); `engine+graph` adds `cuda_graph` (the iteration captured once, then replayed: engine/graphed.py);
+`engine+compile` adds torch.compile of the forwards and runs only with BENCH_TRAIN_COMPILE=1 (compiling the full
+generator and critic takes longer than bench/gpu_check.sh gives this suite).
 CPU: a tiny model and 32x32 crops, `engine` = channels_last only (bf16 and compile do not help there); these
 numbers only show that the benchmark runs.
 """
@@ -33,7 +34,7 @@ def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
     model = pick(cpu={"ngf": 8, "n_blocks": 1, "ndf": 8}, cuda={})
     over: dict = {"model": dict(model), "data": {"batch_size": batch, "crop": pick(cpu=32, cuda=256)}}
     if settings.startswith("engine"):
-        over.update(channels_last=True, compile=settings == "engine+compile")
+        over.update(channels_last=True, compile=settings == "engine+compile", cuda_graph=settings == "engine+graph")
         if on_gpu():
             over.update(amp="bf16")
             over["model"]["kernels"] = "auto"
@@ -47,8 +48,10 @@ def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
 
 
 @pytest.mark.parametrize("batch", [1, 16])
-@pytest.mark.parametrize("settings", ["eager", "engine", "engine+compile"])
+@pytest.mark.parametrize("settings", ["eager", "engine", "engine+graph", "engine+compile"])
 def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -> None:
+    if settings == "engine+graph" and not on_gpu():
+        pytest.skip("CUDA graphs need a GPU")
     if settings == "engine+compile" and not (on_gpu() and os.environ.get("BENCH_TRAIN_COMPILE") == "1"):
         pytest.skip("set BENCH_TRAIN_COMPILE=1 on a GPU machine (compilation takes minutes)")
     batch = batch if on_gpu() else min(batch, 2)
@@ -57,7 +60,7 @@ def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -
     g = torch.Generator().manual_seed(1)
     sharp = (torch.rand(batch, 3, crop, crop, generator=g) * 2 - 1).to(device())
     blur = (sharp + torch.roll(sharp, 1, -1) + torch.roll(sharp, -1, -1)) / 3
-    for _ in range(pick(cpu=1, cuda=3)):  # compile / autotune / cudnn benchmark outside the timing
+    for _ in range(pick(cpu=1, cuda=4)):  # compile / autotune / graph capture outside the timing
         tr.train_step(blur, sharp)
     if on_gpu():
         torch.cuda.synchronize()
@@ -71,13 +74,16 @@ def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -
         dtype="bfloat16" if tr.cfg.amp == "bf16" else "float32",
         items=batch,
         rounds=pick(cpu=None, cuda=10),
-        warmup=pick(cpu=None, cuda=2),  # 4 cases must fit gpu_check.sh's budget for this suite
+        warmup=pick(cpu=None, cuda=2),  # 6 cases must fit gpu_check.sh's budget for this suite
         settings={
             "amp": tr.cfg.amp,
             "channels_last": tr.cfg.channels_last,
             "compile": tr.cfg.compile,
+            "cuda_graph": tr.cfg.cuda_graph,
             "kernels": tr.cfg.model.kernels,
             "fused_adam": tr.cfg.optim.fused_adam and on_gpu(),
         },  # fmt: skip
     )
     assert torch.isfinite(losses).all()  # the timed iterations really trained
+    if tr.graphed is not None:  # ... and were replayed from the graph, not run eagerly
+        assert tr.graphed.replays >= 10

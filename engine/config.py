@@ -82,6 +82,7 @@ class TrainConfig:
     amp: str = "off"  # off | bf16
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool = False  # capture the whole iteration once and replay it (CUDA, one process, no compile)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -291,6 +292,10 @@ def validate(cfg: TrainConfig) -> None:
         raise DeblurGANError("loss.adv_weight, loss.content_weight and loss.pixel_weight are all 0: nothing to train")
     if cfg.optim.epochs_constant + cfg.optim.epochs_decay < 1:
         raise DeblurGANError("optim.epochs_constant + optim.epochs_decay must be >= 1")
+    if cfg.cuda_graph and cfg.compile:
+        raise DeblurGANError("cuda_graph captures the eager step: it cannot be combined with compile")
+    if cfg.cuda_graph and cfg.device == "cpu":
+        raise DeblurGANError("cuda_graph needs a CUDA device (device is cpu)")
     if not cfg.optim.lr > 0 or cfg.optim.lr != cfg.optim.lr:
         raise DeblurGANError(f"optim.lr must be > 0 (got {cfg.optim.lr})")
     for key in ("optim.beta1", "optim.beta2", "model.dropout"):

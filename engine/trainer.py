@@ -39,6 +39,7 @@ from deblurgan.vgg import load_vgg19_features
 from kernels.gradient_penalty import gradient_penalty_reference
 
 from .config import TrainConfig, to_dict
+from .graphed import GraphedStep
 
 LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "loss_pixel",
               "lr", "it_per_s", "img_per_s", "time"]  # fmt: skip
@@ -173,6 +174,31 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
 # --- the trainer ----------------------------------------------------------------------------------
 
 
+def _check_cuda_graph(device: torch.device, world: int) -> None:
+    """What engine.config cannot know before the device is resolved (compile + cuda_graph is refused there)."""
+    if device.type != "cuda":
+        raise DeblurGANError(f"--cuda-graph needs a CUDA device (the run is on {device}); drop --cuda-graph")
+    if world > 1:
+        raise DeblurGANError("--cuda-graph supports one process only (not torchrun with several)")
+
+
+def plain_lrs(state: dict) -> dict:
+    """A copy of an optimizer or LR-scheduler state_dict with tensor learning rates as floats.
+
+    CUDA-graph runs keep learning rates as device tensors; checkpoints hold floats whichever way they were made,
+    so a run resumes with or without `--cuda-graph` and on any device.
+    """
+    f = lambda v: float(v) if isinstance(v, torch.Tensor) else v
+    out = dict(state)
+    if "param_groups" in out:
+        out["param_groups"] = [{k: f(v) if k in ("lr", "initial_lr") else v for k, v in g.items()}
+                               for g in out["param_groups"]]  # fmt: skip
+    for key in ("base_lrs", "_last_lr"):
+        if key in out:
+            out[key] = [f(v) for v in out[key]]
+    return out
+
+
 class Trainer:
     """Train a DeblurGAN generator/critic pair into `run_dir`.
 
@@ -204,6 +230,8 @@ class Trainer:
         if not resume and self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("step_*.pt")):
             raise DeblurGANError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another --name")
         self.rank, self.world, self.device = setup_distributed(cfg.device)
+        if cfg.cuda_graph:
+            _check_cuda_graph(self.device, self.world)
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         torch.manual_seed(cfg.seed + self.rank)
@@ -232,9 +260,11 @@ class Trainer:
             self._broadcast(self.critic)  # the critic is not wrapped in DDP (see _sync_critic_grads)
 
         o = cfg.optim
-        fused = {"fused": True} if (o.fused_adam and self.device.type == "cuda") else {}
-        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
-        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), **fused)
+        flags = {"fused": True} if (o.fused_adam and self.device.type == "cuda") else {}
+        if cfg.cuda_graph:
+            flags["capturable"] = True
+        self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=self._lr(o.lr), betas=(o.beta1, o.beta2), **flags)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=self._lr(o.lr), betas=(o.beta1, o.beta2), **flags)
         sched = lambda e: lr_factor(e, o.epochs_constant, o.epochs_decay)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched)
@@ -249,6 +279,8 @@ class Trainer:
             # The GP's double backward cannot go through a compiled graph: it uses the eager critic.
             self.gen_fwd = torch.compile(self.gen_fwd)
             self.critic_fwd = torch.compile(self.critic)
+
+        self.graphed = GraphedStep(self._step) if cfg.cuda_graph else None
 
         self.train_set, self.val_set = train_set, val_set
         self.sampler = ResumableSampler(len(train_set), cfg.seed, self.rank, self.world)
@@ -268,20 +300,31 @@ class Trainer:
 
     # -- one iteration ---------------------------------------------------------------------------
 
+    def _lr(self, lr: float) -> float | torch.Tensor:
+        """A float, or a device tensor under CUDA graphs (the schedule then updates it in place)."""
+        return torch.tensor(float(lr), device=self.device) if self.cfg.cuda_graph else float(lr)
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.amp == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.cfg.amp == "bf16":  # the autocast weight cache cannot live across graph replays
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.cfg.cuda_graph)
         return contextlib.nullcontext()
 
     def train_step(self, blur: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
         """One iteration; returns [loss_d, loss_g, loss_g_adv, loss_content, gp, wasserstein, loss_pixel] (detached).
 
         L_G = adv_weight * (-mean D(G(B))) + content_weight * perceptual + pixel_weight * L1(G(B), S); the paper
-        is adv_weight 1, content_weight 100, pixel_weight 0. The unweighted terms are returned.
+        is adv_weight 1, content_weight 100, pixel_weight 0. The unweighted terms are returned. With
+        `cuda_graph` the iteration is captured once (after a few eager ones) and replayed (engine/graphed.py).
         """
-        cfg, n = self.cfg, sharp.shape[0]
         blur = blur.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         sharp = sharp.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        if self.graphed is not None:
+            return self.graphed(blur, sharp)
+        return self._step(blur, sharp)
+
+    def _step(self, blur: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+        """The iteration on device tensors in the model's memory format; no host synchronisation in here."""
+        cfg, n = self.cfg, sharp.shape[0]
         with self._autocast():
             fake = self.gen_fwd(blur)
         fake_d = fake.detach()
@@ -481,10 +524,10 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.world,
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(),
-            "sched_d": self.sched_d.state_dict(),
+            "opt_g": plain_lrs(self.opt_g.state_dict()),
+            "opt_d": plain_lrs(self.opt_d.state_dict()),
+            "sched_g": plain_lrs(self.sched_g.state_dict()),
+            "sched_d": plain_lrs(self.sched_d.state_dict()),
             "rng": _rng_state(),
             "best_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None,
             "best_step": self.best_step,
@@ -535,8 +578,9 @@ class Trainer:
             else:
                 self.ema = EMA(self.gen, self.cfg.ema)
         ts = ckpt["train_state"]
-        self.opt_g.load_state_dict(ts["opt_g"])
-        self.opt_d.load_state_dict(ts["opt_d"])
+        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            opt.load_state_dict(ts[key])
+            self._restore_opt_settings(opt)
         self.sched_g.load_state_dict(ts["sched_g"])
         self.sched_d.load_state_dict(ts["sched_d"])
         self.step, self.epoch, self.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
@@ -553,6 +597,18 @@ class Trainer:
             for tmp in self.ckpt_dir.glob(".*.tmp"):  # half-written temp files of a killed run (never loaded)
                 tmp.unlink(missing_ok=True)
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch})", file=sys.stderr)
+
+    def _restore_opt_settings(self, opt: torch.optim.Optimizer) -> None:
+        """After `load_state_dict`: this run's fused/capturable flags and lr kind, not the saving run's."""
+        for group in opt.param_groups:
+            group.update({k: opt.defaults[k] for k in ("fused", "capturable", "foreach") if k in opt.defaults})
+            for key in ("lr", "initial_lr"):
+                if key in group:
+                    group[key] = self._lr(group[key])
+        if self.cfg.cuda_graph:  # capturable Adam keeps its step count on the device
+            for state in opt.state.values():
+                if "step" in state:
+                    state["step"] = state["step"].to(self.device, torch.float32)
 
     # -- logs ------------------------------------------------------------------------------------
 
@@ -578,7 +634,7 @@ class Trainer:
         mean = np.mean(np.array(window), axis=0).tolist()
         row = dict(zip(LOSS_NAMES, mean, strict=True))
         it_s = len(window) / max(seconds, 1e-9)
-        row.update(step=self.step, epoch=self.epoch, lr=self.opt_g.param_groups[0]["lr"], it_per_s=it_s,
+        row.update(step=self.step, epoch=self.epoch, lr=float(self.opt_g.param_groups[0]["lr"]), it_per_s=it_s,
                    img_per_s=it_s * self.cfg.data.batch_size * self.world, time=time.time())  # fmt: skip
         self._csv_row(self.train_csv, LOG_FIELDS, row)
         if self.tb is not None:

@@ -14,12 +14,20 @@ import pytest
 import torch
 from PIL import Image
 
-from deblurgan.checkpoint import load_checkpoint, load_generator
+from deblurgan.checkpoint import atomic_save, load_checkpoint, load_generator
 from deblurgan.errors import DeblurGANError
 from deblurgan.metrics import psnr, ssim
 from deblurgan.vgg import vgg19_features
 from engine.config import make_config
-from engine.trainer import ResumableSampler, Trainer, TrainingDiverged, lr_factor, lr_schedule_values, to_uint8
+from engine.trainer import (
+    ResumableSampler,
+    Trainer,
+    TrainingDiverged,
+    lr_factor,
+    lr_schedule_values,
+    plain_lrs,
+    to_uint8,
+)
 
 
 class TinyPairs(torch.utils.data.Dataset):
@@ -344,6 +352,9 @@ def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol) -> None:
         cfg = tiny_cfg(model=model, optim={"critic_updates": 1}, device="cuda", data={"crop": 64}, **extra)
         tr = Trainer(cfg, tmp_path / f"r{i}", TinyPairs(2, size=64), vgg=vgg, progress=False)
         assert tr.opt_g.defaults.get("fused") is True  # fused Adam on CUDA
+        # the switches take effect: NHWC weights, Triton kernels for 'auto' on CUDA
+        assert tr.gen.model[1].weight.is_contiguous(memory_format=torch.channels_last) == bool(i)
+        assert tr.kernels == ("triton" if model.get("kernels") == "auto" else "torch")
         torch.manual_seed(0)
         out.append(tr.train_step(data.blur, data.sharp).cpu())
     idx = [0, 3, 4, 5]
@@ -359,3 +370,117 @@ def test_cuda_fit_with_all_switches_leaves_loadable_checkpoint(vgg, tmp_path) ->
     assert summary["step"] == 4 and summary["val"]["psnr"] > 0
     gen = load_generator(tmp_path / "run" / "checkpoints" / "step_00000004.pt")
     assert all(torch.isfinite(v).all() for v in gen.state_dict().values())
+
+
+# --- --cuda-graph (engine/graphed.py) ----------------------------------------------------------------------------
+# CPU: the errors, and the optimizer bookkeeping that makes checkpoints interchangeable between graph and eager runs
+# (tensor learning rates saved as floats, the resuming run's fused/capturable flags restored after loading).
+# GPU: replay agrees with eager, replays train, the LR schedule still applies, random numbers are fresh at each
+# replay, and a graph run resumes an eager checkpoint.
+def test_cuda_graph_without_cuda_is_a_clear_error(vgg, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeblurGANError, match="--cuda-graph needs a CUDA device"):
+        Trainer(tiny_cfg(cuda_graph=True), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_plain_lrs_turns_tensor_learning_rates_into_floats_without_touching_the_live_state() -> None:
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.Adam([p], lr=torch.tensor(2e-4))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5**e)
+    sched.step()
+    for state in (opt.state_dict(), sched.state_dict()):
+        plain = plain_lrs(state)
+        flat = [*plain.get("base_lrs", []), *plain.get("_last_lr", [])]
+        flat += [g[k] for g in plain.get("param_groups", []) for k in ("lr", "initial_lr")]
+        assert flat and all(type(v) is float for v in flat)
+    assert plain_lrs(opt.state_dict())["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor) and isinstance(sched.base_lrs[0], torch.Tensor)
+
+
+def test_resume_uses_this_runs_optimizer_flags_not_the_checkpoints(vgg, tmp_path) -> None:
+    """A checkpoint written by a CUDA-graph run (capturable Adam, tensor lr) resumes in an eager CPU run."""
+    cfg = tiny_cfg(max_steps=2, save_every=2)
+    Trainer(cfg, tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False).fit()
+    path = tmp_path / "run" / "checkpoints" / "step_00000002.pt"
+    ckpt = load_checkpoint(path)
+    for key in ("opt_g", "opt_d"):
+        assert all(type(g["lr"]) is float for g in ckpt["train_state"][key]["param_groups"])
+        for g in ckpt["train_state"][key]["param_groups"]:  # what a graph run on a GPU would have had live
+            g.update(capturable=True, lr=torch.tensor(g["lr"]))
+    atomic_save(ckpt, path)
+    tr = Trainer(tiny_cfg(max_steps=3), tmp_path / "run", TinyPairs(2), vgg=vgg, resume=True, progress=False)
+    for opt in (tr.opt_g, tr.opt_d):
+        assert all(g["capturable"] is False and type(g["lr"]) is float for g in opt.param_groups)
+    before = [p.detach().clone() for p in tr.gen.parameters()]
+    tr.fit()  # capturable Adam with CPU parameters would raise here
+    assert tr.step == 3 and any(not torch.equal(a, b) for a, b in zip(before, tr.gen.parameters(), strict=True))
+
+
+def _params(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().float().reshape(-1) for p in module.parameters()])
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_replay_matches_eager(vgg, tmp_path, monkeypatch) -> None:
+    # no dropout and no GP: nothing random, so eager and replayed iterations do the same arithmetic
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    data = TinyPairs(6, size=64, seed=2)
+    deltas, losses = [], []
+    for i, graph in enumerate([False, True]):
+        cfg = tiny_cfg(device="cuda", cuda_graph=graph, model={"dropout": 0.0}, loss={"gp_weight": 0.0},
+                       data={"crop": 64})  # fmt: skip
+        tr = Trainer(cfg, tmp_path / f"r{i}", data, vgg=vgg, progress=False)
+        start = _params(tr.gen)
+        losses.append(torch.stack([tr.train_step(data.blur[k : k + 2], data.sharp[k : k + 2]) for k in range(5)]))
+        deltas.append(_params(tr.gen) - start)
+        if graph:
+            assert tr.graphed.replays == 2  # 3 eager warm-up iterations, then capture + 2 replays
+    torch.testing.assert_close(losses[1].cpu(), losses[0].cpu(), rtol=1e-3, atol=1e-5)
+    assert deltas[0].norm() > 0
+    assert (deltas[1] - deltas[0]).norm() / deltas[0].norm() < 1e-2
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_replays_follow_the_lr_schedule_and_draw_fresh_random_numbers(vgg, tmp_path) -> None:
+    # the paper's randomness (dropout 0.5, GP eps); lr factor 1, 0.5, 0 over epochs 0, 1, 2
+    model, optim = {"dropout": 0.5, "kernels": "auto"}, {"epochs_constant": 0, "epochs_decay": 2}
+    cfg = tiny_cfg(device="cuda", cuda_graph=True, amp="bf16", channels_last=True, data={"crop": 64}, model=model,
+                   optim=optim)  # fmt: skip
+    data = TinyPairs(2, size=64, seed=4)
+    tr = Trainer(cfg, tmp_path / "run", data, vgg=vgg, progress=False)
+    for _ in range(4):  # 3 eager + capture and first replay
+        tr.train_step(data.blur, data.sharp)
+    assert tr.graphed.replays == 1
+    w0 = _params(tr.gen)
+    tr.train_step(data.blur, data.sharp)
+    assert not torch.equal(_params(tr.gen), w0)  # a replay trains
+    for sched in (tr.sched_g, tr.sched_d):
+        sched.step()
+        sched.step()
+    assert float(tr.opt_g.param_groups[0]["lr"]) == 0.0 and isinstance(tr.opt_g.param_groups[0]["lr"], torch.Tensor)
+    w1, c1 = _params(tr.gen), _params(tr.critic)
+    a = tr.train_step(data.blur, data.sharp)
+    b = tr.train_step(data.blur, data.sharp)
+    assert torch.equal(_params(tr.gen), w1) and torch.equal(_params(tr.critic), c1)  # lr 0 reached the graph
+    assert torch.isfinite(a).all() and not torch.equal(a, b)  # same weights, same batch: new dropout masks / eps
+    assert tr.graphed.replays == 4
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_run_resumes_an_eager_checkpoint_and_writes_a_plain_one(vgg, tmp_path) -> None:
+    data = TinyPairs(4, size=64, seed=5)
+    eager = tiny_cfg(device="cuda", max_steps=2, save_every=2, data={"crop": 64})
+    Trainer(eager, tmp_path / "run", data, vgg=vgg, progress=False).fit()
+    graph = tiny_cfg(device="cuda", cuda_graph=True, max_steps=8, save_every=4, data={"crop": 64})
+    tr = Trainer(graph, tmp_path / "run", data, TinyPairs(1, size=64, seed=6), vgg=vgg, resume=True, progress=False)
+    assert all(g["capturable"] is True for g in tr.opt_g.param_groups)
+    summary = tr.fit()
+    assert summary["step"] == 8 and tr.graphed.replays >= 2
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000008.pt")
+    assert all(type(g["lr"]) is float for g in ckpt["train_state"]["opt_g"]["param_groups"])
+    assert all(torch.isfinite(v).all() for v in ckpt["generator"].values())

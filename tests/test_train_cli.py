@@ -107,6 +107,8 @@ def _resolve(argv):
         (["--adv-weight", "0", "--content-weight", "0", "--pixel-weight", "0"], "nothing to train"),
         (["stray"], "unexpected argument 'stray'"),
         (["--resume"], "--resume needs a run folder"),
+        (["--cuda-graph", "--compile"], "cannot be combined with compile"),
+        (["--cuda-graph", "--device", "cpu"], "cuda_graph needs a CUDA device"),
     ],
 )
 def test_bad_config_is_one_line_error_and_no_work(argv, message, tmp_path, capsys) -> None:
