@@ -105,9 +105,9 @@ def _pixel_norm_kernel(
     G,  # (B, C, HW) contiguous
     NORM,  # fp32 (B, HW) out: L2 norm over channels at each pixel
     PART,  # fp32 (B, K) out: sum over this block's pixels of (norm - 1)^2
-    C,  # channels
     HW,  # pixels per sample
     K,  # pixel blocks per sample
+    C: tl.constexpr,  # channels (3 for images): a constant, so the channel loop is unrolled
     BLOCK: tl.constexpr,  # pixels per program
 ):
     b = tl.program_id(0)
@@ -116,7 +116,7 @@ def _pixel_norm_kernel(
     mask = offs < HW
     base = b.to(tl.int64) * C * HW
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for c in range(0, C):
+    for c in tl.static_range(C):
         g = tl.load(G + base + c * HW + offs, mask=mask, other=0.0).to(tl.float32)
         acc += g * g
     norm = tl.sqrt(acc)
@@ -188,7 +188,7 @@ def _gp_penalty(g: torch.Tensor, weight: float, pixel: bool) -> tuple[torch.Tens
         k = triton.cdiv(hw, _PIX_BLOCK)
         norm = torch.empty(b, hw, device=g.device, dtype=torch.float32)
         part = torch.empty(b, k, device=g.device, dtype=torch.float32)
-        _pixel_norm_kernel[(b, k)](g, norm, part, c, hw, k, BLOCK=_PIX_BLOCK)
+        _pixel_norm_kernel[(b, k)](g, norm, part, hw, k, C=c, BLOCK=_PIX_BLOCK)
         return part.sum() * (weight / (b * hw)), norm
     n = c * hw
     k = triton.cdiv(n, _BLOCK)
