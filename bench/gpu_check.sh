@@ -10,8 +10,8 @@
 # without .git, pass the commit: DEBLURGAN_COMMIT=<sha> bash bench/gpu_check.sh OUTDIR.
 #
 # Every phase has its own time limit, so a slow or hanging suite costs its own results only; its limit and exit
-# code appear in the report's run log. Limits (seconds) can be overridden: GPU_TESTS_S, BENCH_S_<SUITE> (e.g.
-# BENCH_S_INFERENCE=90), BUDGET_S (whole run, default 270);
+# code appear in the report's run log. Limits (seconds) can be overridden: GPU_TESTS_S, GPU_TESTS_SLOW_S,
+# BENCH_S_<SUITE> (e.g. BENCH_S_INFERENCE=90), BUDGET_S (whole run, default 280);
 # without CUDA every limit is multiplied by CPU_SCALE (default 4). Exit status: 0 when every phase passed, 1 otherwise.
 set -uo pipefail
 
@@ -27,7 +27,7 @@ SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"  # compile caches: lar
 export TORCHINDUCTOR_CACHE_DIR="$SCRATCH/inductor" TRITON_CACHE_DIR="$SCRATCH/triton"
 trap 'rm -rf "$SCRATCH"' EXIT
 PY="${PYTHON:-$(command -v python || command -v python3)}"  # the environment's python (override: PYTHON=...)
-BUDGET_S="${BUDGET_S:-270}"  # + at most one 20 s SIGINT grace: under 5 minutes
+BUDGET_S="${BUDGET_S:-280}"  # + at most one 20 s SIGINT grace: about 5 minutes
 START=$SECONDS
 FAILED=0
 SCALE=1
@@ -84,11 +84,13 @@ fi
 log "device: ${GPU_NAME:-none} -> report slug '$SLUG'; output in $OUT"
 
 # --- GPU tests ---------------------------------------------------------------------------------------------------
-phase gpu_tests "${GPU_TESTS_S:-50}" "$PY" -m pytest tests -m gpu -q -rs -p no:cacheprovider \
+# compile-heavy GPU tests (marked slow too) run after the benchmarks, so they cannot starve the report
+phase gpu_tests "${GPU_TESTS_S:-45}" "$PY" -m pytest tests -m "gpu and not slow" -q -rs -p no:cacheprovider \
     --junitxml="$OUT/gpu_tests.xml"
 
 # --- benchmarks: one pytest per suite, so a slow suite cannot take the others' results with it -----------------------
-# default limits (s); with GPU_TESTS_S they add up to about BUDGET_S. Compile-heavy suites get the most.
+# default limits (s); with the two GPU test phases they add up to a little more than BUDGET_S (the last phase
+# gets what is left). Compile-heavy suites get the most.
 declare -A DEFAULT_S=([models]=30 [blur]=15 [kernels]=55 [train]=45 [inference]=75 [deblur]=15)
 suites=()
 # headline first, cheap suites before expensive ones
@@ -105,6 +107,9 @@ for s in "${suites[@]}"; do
         -p no:cacheprovider --benchmark-json="$OUT/bench-$s.json" --benchmark-columns=min,median,max,rounds
     [[ -s "$OUT/bench-$s.json" ]] && jsons+=("$OUT/bench-$s.json")
 done
+
+phase gpu_tests_slow "${GPU_TESTS_SLOW_S:-40}" "$PY" -m pytest tests -m "gpu and slow" -q -rs -p no:cacheprovider \
+    --junitxml="$OUT/gpu_tests_slow.xml"
 
 # --- report -----------------------------------------------------------------------------------------------------------
 REPORT="$OUT/$(date -u +%F)-$SLUG.md"

@@ -157,6 +157,7 @@ def natural_batch(device: str) -> torch.Tensor:
 
 
 @pytest.mark.gpu
+@pytest.mark.slow  # an AOTInductor CUDA compile: bench/gpu_check.sh runs it after the benchmarks
 def test_cuda_fp16_package_psnr(tmp_path):
     """fp16 package vs fp32 eager on natural images: >= 45 dB. A 2-block ngf=32 generator keeps the CUDA
     compile short enough for bench/gpu_check.sh's GPU-test budget; the full model is timed in bench/."""
