@@ -10,6 +10,10 @@ so N=1, C=64 at 720p still spreads over the whole GPU.
 Backward: dx (and dw, db) from x, dy and the saved mean/rstd: one program per small plane, or a reduction
 pass (sum dz, sum dz*xhat per chunk) plus a dx pass for large planes.
 
+channels_last inputs (CHANNELS_LAST_MODE = "tiled", the default): tiled NHWC kernels read the tensor as
+(N, H*W, C), one program per (sample, BLOCK_C channels, chunk of pixels), with the same statistics pass,
+partials layout and backward sums as the chunked NCHW path; "copy" and "strided" keep the NCHW kernels.
+
 Double backward (needed by the WGAN-GP critic step): the backward is itself a custom op whose derivative is
 a third op with Triton kernels (closed-form formulas above `_dbwd_load`: a reduction of five per-plane sums,
 then one elementwise pass writing the gradients w.r.t. dy and x). Third and higher orders, which training
@@ -38,10 +42,16 @@ TILE = 1024  # elements per loop step in the chunked kernels
 TARGET_PROGRAMS = 1024  # chunks are sized so that N*C*chunks reaches about this many programs
 MAX_CHUNK = 65536  # elements per chunk chosen automatically, at most
 MAX_CHUNKS = 1024  # chunks per plane, at most (forced chunk sizes are raised to respect it)
-# channels_last inputs: False = computed on an NCHW copy (two extra passes, coalesced); True = read in place
-# with a stride of C between the elements of a plane (no copies, but uncoalesced on a GPU). A native NHWC
-# kernel (tiles of channels x pixels) would avoid both; it is not written yet.
-NATIVE_CHANNELS_LAST = False
+# How channels_last inputs are computed (a switch, so that the GPU benchmark can compare the three):
+#   "tiled"   native NHWC kernels: [pixels x channels] tiles with contiguous rows, no copies (the default)
+#   "copy"    the NCHW kernels on an NCHW copy, result copied back (two extra read+write passes per direction,
+#             three in the backward: x, dy in, dx out)
+#   "strided" the NCHW kernels reading in place with a stride of C between a plane's elements (uncoalesced)
+# "tiled" is the default by reasoning (coalesced reads, the passes of the chunked NCHW path, no copies), not by
+# a measurement: none of the three has been timed on a GPU yet (bench/test_bench_kernels.py compares them).
+CHANNELS_LAST_MODE = "tiled"
+CHANNELS_LAST_MODES = ("tiled", "copy", "strided")
+NHWC_BLOCK_C = 64  # channels per program in the tiled kernels (a tile row = 128 B in fp16/bf16)
 FAST_EAGER = True  # False: always go through the custom ops (for testing that path in eager mode)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -365,6 +375,243 @@ def _bwd_dx_kernel(
         tl.store(DX + ptr_off, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------------------------- channels_last
+# Tiled NHWC kernels. A channels_last (N, C, H, W) tensor is an (N, H*W, C) array with C contiguous: element
+# (n, p, c) lies at n*HW*C + p*C + c. Programs run over a (N * cdiv(C, BLOCK_C), chunks) grid; each owns one
+# sample, BLOCK_C channels and CHUNK pixels, and loads [TILE_P, BLOCK_C] tiles whose rows are BLOCK_C
+# consecutive elements (coalesced), reducing over the pixel axis into per-channel partials. The partials are
+# written in the NCHW path's (N*C, K) layout, so the statistics (mean, rstd per (n, c)) mean the same in both.
+@_jit
+def _nhwc_tile(n, cs, cmask, ps, HW, C):
+    """(int64 element offsets, mask) of the [TILE_P, BLOCK_C] tile of pixels ps and channels cs of sample n."""
+    off = n.to(tl.int64) * HW * C + ps.to(tl.int64)[:, None] * C + cs[None, :]
+    return off, (ps < HW)[:, None] & cmask[None, :]
+
+
+@_jit
+def _nhwc_affine(W, B, cs, cmask, HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+    """(w, b) of the channels cs as [BLOCK_C] vectors: the affine parameters, or ones and zeros."""
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=1.0).to(ACC)
+        b = tl.load(B + cs, mask=cmask, other=0.0).to(ACC)
+    else:
+        w = tl.full([BLOCK_C], 1.0, ACC)
+        b = tl.zeros([BLOCK_C], dtype=ACC)
+    return w, b
+
+
+@_jit
+def _nhwc_stats_kernel(
+    X,  # input, channels_last (N, C, H, W) (see above)
+    MEAN_PART,  # (N*C, K) out: mean of each chunk (unused when FINAL)
+    M2_PART,  # (N*C, K) out: sum of squared deviations of each chunk (unused when FINAL)
+    MEAN,  # (N*C,) out when FINAL: per-plane mean
+    RSTD,  # (N*C,) out when FINAL: per-plane 1/sqrt(var + eps)
+    HW,  # pixels per plane
+    C,  # channels
+    K,  # chunks per plane
+    eps,  # variance epsilon
+    FINAL: tl.constexpr,  # K == 1: write mean/rstd directly, no combine launch
+    CHUNK: tl.constexpr,  # pixels per chunk, a multiple of TILE_P
+    TILE_P: tl.constexpr,  # pixels per loop step (tile rows)
+    BLOCK_C: tl.constexpr,  # channels per program (tile columns)
+    ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // blocks
+    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    start = k * CHUNK
+    # Shifted data: x - (the chunk's first pixel), so that the lane means below stay near zero and their merge
+    # does not sum TILE_P values of the size of the mean (the variance is shift-invariant).
+    shift = tl.load(X + n.to(tl.int64) * HW * C + start.to(tl.int64) * C + cs, mask=cmask, other=0.0).to(ACC)
+    # per-lane Welford as in _stats_kernel: pixel-masked lanes stay off once off (pixels only grow), channel-masked
+    # lanes are off throughout, so every active lane has seen i // TILE_P + 1 values
+    cnt = tl.zeros([TILE_P, BLOCK_C], dtype=ACC)
+    mean = tl.zeros([TILE_P, BLOCK_C], dtype=ACC)
+    m2 = tl.zeros([TILE_P, BLOCK_C], dtype=ACC)
+    one = tl.full((), 1.0, ACC)
+    for i in range(0, CHUNK, TILE_P):
+        off, mask = _nhwc_tile(n, cs, cmask, start + i + tl.arange(0, TILE_P), HW, C)
+        x = tl.load(X + off, mask=mask, other=0.0).to(ACC) - shift[None, :]
+        inv = one / (i // TILE_P + 1)
+        cnt += mask.to(ACC)
+        delta = tl.where(mask, x - mean, 0.0)
+        mean += delta * inv
+        m2 += delta * (x - mean)
+    total = tl.maximum(tl.sum(cnt, axis=0), 1.0)  # Chan merge of the TILE_P lanes of every channel
+    local_mean = tl.sum(cnt * mean, axis=0) / total
+    dev = mean - local_mean[None, :]
+    chunk_m2 = tl.sum(m2 + cnt * dev * dev, axis=0)
+    chunk_mean = shift + local_mean
+    plane = n * C + cs
+    if FINAL:
+        tl.store(MEAN + plane, chunk_mean, mask=cmask)
+        tl.store(RSTD + plane, 1.0 / tl.sqrt(chunk_m2 / HW + eps), mask=cmask)
+    else:
+        row = plane.to(tl.int64) * K + k
+        tl.store(MEAN_PART + row, chunk_mean, mask=cmask)
+        tl.store(M2_PART + row, chunk_m2, mask=cmask)
+
+
+@_jit
+def _combine_kernel(
+    MEAN_PART,  # (N*C, K) chunk means from _nhwc_stats_kernel
+    M2_PART,  # (N*C, K) chunk M2
+    MEAN,  # (N*C,) out
+    RSTD,  # (N*C,) out
+    HW,  # pixels per plane
+    K,  # chunks per plane
+    eps,  # variance epsilon
+    CHUNK: tl.constexpr,  # pixels per chunk
+    BLOCK_K: tl.constexpr,  # next power of two >= K
+    ACC: tl.constexpr,  # accumulation dtype
+):
+    # One program per plane reading its K contiguous partials. Merging inside each normalize program instead (as
+    # the NCHW path does) would load K * BLOCK_C partials per program: K^2 growth, with K ~ 900 at 720p.
+    pid = tl.program_id(0)
+    mean, rstd = _combine_stats(MEAN_PART, M2_PART, pid, HW, K, eps, CHUNK, BLOCK_K, ACC)
+    tl.store(MEAN + pid, mean)
+    tl.store(RSTD + pid, rstd)
+
+
+@_jit
+def _nhwc_norm_act_kernel(
+    X,  # input, channels_last
+    Y,  # output, channels_last
+    W,  # weight (C,) or dummy
+    B,  # bias (C,) or dummy
+    MEAN,  # (N*C,) per-plane mean
+    RSTD,  # (N*C,) per-plane 1/sqrt(var + eps)
+    HW,  # pixels per plane
+    C,  # channels
+    slope,  # negative slope of the LeakyReLU (0.0 = ReLU)
+    HAS_W: tl.constexpr,  # affine
+    ACT: tl.constexpr,  # apply the activation
+    CHUNK: tl.constexpr,  # pixels per chunk
+    TILE_P: tl.constexpr,  # pixels per loop step
+    BLOCK_C: tl.constexpr,  # channels per program
+    ACC: tl.constexpr,  # accumulation dtype
+):
+    # reverse of the statistics pass's launch order: the chunks it read last are likely still in L2
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    k = tl.num_programs(1) - 1 - tl.program_id(1)
+    blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // blocks
+    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    mean = tl.load(MEAN + n * C + cs, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + n * C + cs, mask=cmask, other=0.0)
+    w, b = _nhwc_affine(W, B, cs, cmask, HAS_W, BLOCK_C, ACC)
+    scale = (rstd * w)[None, :]
+    # (x - mean) * scale + b rather than x * scale + shift: no cancellation between x * scale and the shift when
+    # the mean is large compared with the spread
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE_P):
+        off, mask = _nhwc_tile(n, cs, cmask, start + i + tl.arange(0, TILE_P), HW, C)
+        x = tl.load(X + off, mask=mask, other=0.0).to(ACC)
+        y = _act((x - mean[None, :]) * scale + b[None, :], slope, ACT)
+        tl.store(Y + off, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@_jit
+def _nhwc_dz(X, DY, off, mask, mean, rstd, w, b, slope, ACT: tl.constexpr, ACC: tl.constexpr):
+    """(xhat, dz = dy * act'(z)) of a tile, dz zero where masked; mean, rstd, w, b are [1, BLOCK_C]."""
+    xhat = (tl.load(X + off, mask=mask, other=0.0).to(ACC) - mean) * rstd
+    dz = tl.load(DY + off, mask=mask, other=0.0).to(ACC)
+    if ACT:
+        dz = tl.where(xhat * w + b > 0, dz, dz * slope)
+    return xhat, tl.where(mask, dz, 0.0)
+
+
+@_jit
+def _nhwc_bwd_reduce_kernel(
+    X,  # forward input, channels_last
+    DY,  # upstream gradient, channels_last
+    W,  # weight (C,) or dummy
+    B,  # bias (C,) or dummy
+    MEAN,  # (N*C,) saved by the forward
+    RSTD,  # (N*C,)
+    S1_PART,  # (N*C, K) out: sum(dz) per chunk
+    S2_PART,  # (N*C, K) out: sum(dz * xhat) per chunk
+    HW,  # pixels per plane
+    C,  # channels
+    K,  # chunks per plane
+    slope,  # negative slope of the LeakyReLU
+    HAS_W: tl.constexpr,  # affine
+    ACT: tl.constexpr,  # the forward applied the activation
+    CHUNK: tl.constexpr,  # pixels per chunk
+    TILE_P: tl.constexpr,  # pixels per loop step
+    BLOCK_C: tl.constexpr,  # channels per program
+    ACC: tl.constexpr,  # accumulation dtype
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // blocks
+    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    mean = tl.load(MEAN + n * C + cs, mask=cmask, other=0.0)[None, :]
+    rstd = tl.load(RSTD + n * C + cs, mask=cmask, other=0.0)[None, :]
+    w, b = _nhwc_affine(W, B, cs, cmask, HAS_W, BLOCK_C, ACC)
+    acc1 = tl.zeros([TILE_P, BLOCK_C], dtype=ACC)
+    acc2 = tl.zeros([TILE_P, BLOCK_C], dtype=ACC)
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE_P):
+        off, mask = _nhwc_tile(n, cs, cmask, start + i + tl.arange(0, TILE_P), HW, C)
+        xhat, dz = _nhwc_dz(X, DY, off, mask, mean, rstd, w[None, :], b[None, :], slope, ACT, ACC)
+        acc1 += dz
+        acc2 += dz * xhat
+    row = (n * C + cs).to(tl.int64) * K + k
+    tl.store(S1_PART + row, tl.sum(acc1, axis=0), mask=cmask)
+    tl.store(S2_PART + row, tl.sum(acc2, axis=0), mask=cmask)
+
+
+@_jit
+def _nhwc_bwd_dx_kernel(
+    X,  # forward input, channels_last
+    DY,  # upstream gradient, channels_last
+    DX,  # out: input gradient, channels_last
+    W,  # weight (C,) or dummy
+    B,  # bias (C,) or dummy
+    MEAN,  # (N*C,) saved by the forward
+    RSTD,  # (N*C,)
+    S1,  # (N*C,) sum(dz) per plane (the K partials summed)
+    S2,  # (N*C,) sum(dz * xhat) per plane
+    HW,  # pixels per plane
+    C,  # channels
+    slope,  # negative slope of the LeakyReLU
+    HAS_W: tl.constexpr,  # affine
+    ACT: tl.constexpr,  # the forward applied the activation
+    CHUNK: tl.constexpr,  # pixels per chunk
+    TILE_P: tl.constexpr,  # pixels per loop step
+    BLOCK_C: tl.constexpr,  # channels per program
+    ACC: tl.constexpr,  # accumulation dtype
+):
+    # reverse of the reduction pass's launch order: the chunks it read last are likely still in L2
+    pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    k = tl.num_programs(1) - 1 - tl.program_id(1)
+    blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // blocks
+    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cs < C
+    plane = n * C + cs
+    mean = tl.load(MEAN + plane, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + plane, mask=cmask, other=0.0)
+    m1 = (tl.load(S1 + plane, mask=cmask, other=0.0) / HW)[None, :]
+    m2 = (tl.load(S2 + plane, mask=cmask, other=0.0) / HW)[None, :]
+    w, b = _nhwc_affine(W, B, cs, cmask, HAS_W, BLOCK_C, ACC)
+    scale = (w * rstd)[None, :]
+    start = k * CHUNK
+    for i in range(0, CHUNK, TILE_P):
+        off, mask = _nhwc_tile(n, cs, cmask, start + i + tl.arange(0, TILE_P), HW, C)
+        xhat, dz = _nhwc_dz(X, DY, off, mask, mean[None, :], rstd[None, :], w[None, :], b[None, :], slope, ACT, ACC)
+        dx = scale * (dz - m1 - xhat * m2)
+        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=mask)
+
+
 # Double backward. With m = act'(z) (1 or slope, piecewise constant), dz = dy*m, g = w*dz and the backward
 # dx = r*(g - mean(g) - xhat*mean(g*xhat)), the upstream gradients (ddx, ddw, ddb) of (dx, dw, db) give
 #   h     = r*(ddx - mean(ddx) - xhat*mean(ddx*xhat))                    (the IN backward applied to ddx)
@@ -606,18 +853,29 @@ def _check_input(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tenso
             raise ValueError(f"{name} must have shape ({x.shape[1]},), got {tuple(t.shape)}")
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """channels_last-contiguous and not NCHW-contiguous. Tensors that are both (C == 1, or 1x1 planes) are the
+    same memory either way and take the NCHW kernels."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _cl_mode(x: torch.Tensor) -> str | None:
+    """The CHANNELS_LAST_MODE that applies to x, or None when x is not a channels_last tensor."""
+    if not _is_channels_last(x):
+        return None
+    if CHANNELS_LAST_MODE not in CHANNELS_LAST_MODES:
+        raise ValueError(f"CHANNELS_LAST_MODE must be one of {CHANNELS_LAST_MODES}, got {CHANNELS_LAST_MODE!r}")
+    return CHANNELS_LAST_MODE
+
+
 def _layout(x: torch.Tensor) -> tuple[torch.Tensor, torch.memory_format]:
-    """x as NCHW-contiguous, or channels_last-contiguous when NATIVE_CHANNELS_LAST (H*W then has a single
-    stride either way), and that format."""
+    """x as the NCHW kernels read it: NCHW-contiguous, or channels_last in place in the "strided" mode (H*W
+    has a single stride either way), and that format."""
     if x.is_contiguous():
         return x, torch.contiguous_format
-    if NATIVE_CHANNELS_LAST and x.is_contiguous(memory_format=torch.channels_last):
+    if _cl_mode(x) == "strided":
         return x, torch.channels_last
     return x.contiguous(), torch.contiguous_format
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _acc(x: torch.Tensor) -> tuple[torch.dtype, object]:
@@ -644,6 +902,93 @@ def _plan(nc: int, hw: int, chunk_size: int | None) -> tuple[int, int, int]:
     return chunk, triton.cdiv(hw, chunk), min(TILE, chunk)
 
 
+def _plan_nhwc(n: int, c: int, hw: int, chunk_size: int | None) -> tuple[int, int, int, int]:
+    """(block_c, tile_p, chunk, chunks per plane) of the tiled channels_last kernels; chunk and tile_p in pixels.
+
+    A tile holds about TILE elements; chunks are sized so that N * cdiv(C, block_c) * chunks reaches about
+    TARGET_PROGRAMS, with at most MAX_CHUNK elements per program and MAX_CHUNKS chunks per plane. Small planes
+    get one chunk (K = 1).
+    """
+    block_c = min(triton.next_power_of_2(c), NHWC_BLOCK_C)
+    tile_p = max(TILE // block_c, 1)
+    if chunk_size is None:
+        want = triton.cdiv(hw, max(1, TARGET_PROGRAMS // (n * triton.cdiv(c, block_c))))
+        chunk = min(max(triton.next_power_of_2(want), tile_p), max(MAX_CHUNK // block_c, tile_p))
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    else:
+        chunk = triton.next_power_of_2(chunk_size)
+    chunk = max(chunk, triton.next_power_of_2(triton.cdiv(hw, MAX_CHUNKS)))
+    return block_c, min(tile_p, chunk), chunk, triton.cdiv(hw, chunk)
+
+
+def _fwd_tiled(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    negative_slope: float,
+    eps: float,
+    activation: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward of a channels_last x by the tiled NHWC kernels: statistics (+ combine when K > 1), normalize."""
+    n, c, h, w = x.shape
+    nc, hw = n * c, h * w
+    y = torch.empty_like(x)  # channels_last, dense: element (n, p, c) at n*HW*C + p*C + c, as in x
+    acc, acc_tl = _acc(x)
+    mean = torch.empty(nc, device=x.device, dtype=acc)
+    rstd = torch.empty_like(mean)
+    has_w = weight is not None
+    wt = weight.contiguous() if has_w else x
+    bt = bias.contiguous() if has_w else x
+    block_c, tile_p, chunk, k = _plan_nhwc(n, c, hw, chunk_size or None)
+    grid = (n * triton.cdiv(c, block_c), k)
+    tiles = dict(CHUNK=chunk, TILE_P=tile_p, BLOCK_C=block_c, ACC=acc_tl, num_warps=4)
+    part = torch.empty(2, nc, k, device=x.device, dtype=acc) if k > 1 else mean.view(1, nc).expand(2, nc)
+    _nhwc_stats_kernel[grid](x, part[0], part[1], mean, rstd, hw, c, k, eps, FINAL=k == 1, **tiles)
+    if k > 1:
+        _combine_kernel[(nc,)](
+            part[0], part[1], mean, rstd, hw, k, eps, CHUNK=chunk, BLOCK_K=triton.next_power_of_2(k), ACC=acc_tl,
+            num_warps=4,
+        )  # fmt: skip
+    _nhwc_norm_act_kernel[grid](
+        x, y, wt, bt, mean, rstd, hw, c, negative_slope, HAS_W=has_w, ACT=activation, **tiles
+    )  # fmt: skip
+    return y, mean, rstd
+
+
+def _bwd_tiled(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    negative_slope: float,
+    activation: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dw, db) of a channels_last x by the tiled NHWC kernels: per-chunk sums, then dx."""
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    nc, hw = n * c, h * w
+    dx = torch.empty_like(x)
+    acc, acc_tl = _acc(x)
+    has_w = weight is not None
+    wt = weight.contiguous() if has_w else x
+    bt = bias.contiguous() if has_w else x
+    block_c, tile_p, chunk, k = _plan_nhwc(n, c, hw, chunk_size or None)
+    grid = (n * triton.cdiv(c, block_c), k)
+    common = dict(HAS_W=has_w, ACT=activation, CHUNK=chunk, TILE_P=tile_p, BLOCK_C=block_c, ACC=acc_tl, num_warps=4)
+    part = torch.empty(2, nc, k, device=x.device, dtype=acc)
+    _nhwc_bwd_reduce_kernel[grid](x, dy, wt, bt, mean, rstd, part[0], part[1], hw, c, k, negative_slope, **common)
+    sums = part.view(2, nc) if k == 1 else part.sum(dim=2)  # (sum dz, sum dz*xhat) per plane
+    _nhwc_bwd_dx_kernel[grid](x, dy, dx, wt, bt, mean, rstd, sums[0], sums[1], hw, c, negative_slope, **common)
+    db = sums[0].view(n, c).sum(dim=0)  # two separate tensors: custom-op outputs must not alias each other
+    dw = sums[1].view(n, c).sum(dim=0)
+    return dx, dw, db
+
+
 def _fwd_impl(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -653,7 +998,10 @@ def _fwd_impl(
     activation: bool,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if not NATIVE_CHANNELS_LAST and _is_channels_last(x):  # computed in NCHW, returned in the input's layout
+    mode = _cl_mode(x)
+    if mode == "tiled":
+        return _fwd_tiled(x, weight, bias, negative_slope, eps, activation, chunk_size)
+    if mode == "copy":  # computed in NCHW, returned in the input's layout
         y, mean, rstd = _fwd_impl(x.contiguous(), weight, bias, negative_slope, eps, activation, chunk_size)
         return y.contiguous(memory_format=torch.channels_last), mean, rstd
     x, _ = _layout(x)
@@ -709,6 +1057,13 @@ def _bwd_impl(
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dw, db); dw and db are (C,) sums in the accumulation dtype (cheap by-products without a weight)."""
+    mode = _cl_mode(x)
+    if mode == "tiled":
+        return _bwd_tiled(dy, x, weight, bias, mean, rstd, negative_slope, activation, chunk_size)
+    if mode == "copy":  # computed in NCHW, dx returned in the input's layout
+        args = (mean, rstd, negative_slope, eps, activation, chunk_size)
+        dx, dw, db = _bwd_impl(dy.contiguous(), x.contiguous(), weight, bias, *args)
+        return dx.contiguous(memory_format=torch.channels_last), dw, db
     x, fmt = _layout(x)
     dy = dy.contiguous(memory_format=fmt)
     n, c, h, w = x.shape
@@ -765,6 +1120,13 @@ def _bwd2_impl(
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Double backward: gradients w.r.t. (dy, x, weight) of <ddx, dx> + <ddw, dw> + <ddb, db> (bias: zero)."""
+    if _cl_mode(x) in ("tiled", "copy"):
+        # No native NHWC double backward: channels_last goes through the NCHW kernels on contiguous copies
+        # (mean/rstd mean the same in every path) and the results are returned channels_last.
+        args = (weight, bias, mean, rstd, negative_slope, eps, activation, chunk_size)
+        d_dy, d_x, d_w = _bwd2_impl(ddx.contiguous(), ddw, ddb, dy.contiguous(), x.contiguous(), *args)
+        cl = torch.channels_last
+        return d_dy.contiguous(memory_format=cl), d_x.contiguous(memory_format=cl), d_w
     x, fmt = _layout(x)
     dy = dy.contiguous(memory_format=fmt)
     ddx = ddx.contiguous(memory_format=fmt)

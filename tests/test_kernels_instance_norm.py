@@ -65,6 +65,7 @@ def _inputs(shape, dtype, affine, seed=0):
 
 
 def _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act, memory_format=None):
+    """Output, dx, dw, db of the kernels vs the fp32 reference on the same rounded input; returns (y, dx)."""
     x, w, b, dy = _inputs(shape, dtype, affine)
     if memory_format is not None:
         x = x.detach().to(memory_format=memory_format).requires_grad_(True)
@@ -83,7 +84,7 @@ def _check_against_reference(shape, chunk, dtype, atol, rtol, affine, slope, act
     hw = shape[2] * shape[3] * shape[0]
     for g, gr in zip(grads[1:], grads_r[1:], strict=True):
         torch.testing.assert_close(g, gr, atol=atol * hw**0.5, rtol=rtol)
-    return y
+    return y, grads[0]
 
 
 @pytest.mark.parametrize("affine,slope,act", CONFIGS)
@@ -108,12 +109,193 @@ def test_random_shapes_and_chunkings(n, c, h, w, chunk, affine, slope):
     _check_against_reference((n, c, h, w), chunk, torch.float32, 1e-5, 1e-4, affine, slope, True)
 
 
-@pytest.mark.parametrize("native", [False, True])  # NCHW copy / strided in-place kernels
-@pytest.mark.parametrize("chunk", [None, 8])  # one program per plane / 4 chunks per plane
-def test_channels_last(chunk, native, monkeypatch):
-    monkeypatch.setattr(ina, "NATIVE_CHANNELS_LAST", native)
-    y = _check_against_reference((2, 3, 6, 5), chunk, torch.float32, 1e-5, 1e-4, True, 0.2, True, torch.channels_last)
-    assert y.is_contiguous(memory_format=torch.channels_last)
+# ----------------------------------------------------------------------------------------------- channels_last
+# ina.CHANNELS_LAST_MODE: "tiled" (native NHWC kernels, the default), "copy" (NCHW kernels on an NCHW copy),
+# "strided" (NCHW kernels reading in place with a stride of C)
+CL_MODES = ["tiled", "copy", "strided"]
+# (shape, chunk_size) of channels_last inputs; the tiled kernels use BLOCK_C = min(next_pow2(C), 64) channels
+CL_SHAPES = [
+    ((2, 3, 6, 5), None),  # C=3 in a 4-wide channel block (one masked column), batch > 1, one chunk (K = 1)
+    ((1, 5, 9, 7), 8),  # C=5 in an 8-wide block, 63-pixel planes forced over 8 chunks (the last one 7 pixels)
+    ((2, 70, 3, 5), None),  # C=70: two 64-channel blocks, the second holding 6 channels; batch > 1
+    ((2, 3, 11, 1), 4),  # 11x1 planes over 3 chunks (the last partial), batch > 1
+]
+TILED_KERNELS = ("_nhwc_stats_kernel", "_combine_kernel", "_nhwc_norm_act_kernel", "_nhwc_bwd_reduce_kernel",
+                 "_nhwc_bwd_dx_kernel")  # fmt: skip
+NCHW_KERNELS = ("_fwd_fused_kernel", "_stats_kernel", "_norm_act_kernel", "_bwd_fused_kernel", "_bwd_reduce_kernel",
+                "_bwd_dx_kernel", "_dbwd_fused_kernel", "_dbwd_reduce_kernel", "_dbwd_apply_kernel")  # fmt: skip
+
+
+class _Spy:
+    """Stands in for a Triton kernel: records the layout of its first tensor argument at every launch."""
+
+    def __init__(self, kernel):
+        self.kernel, self.layouts = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.layouts.append("nchw" if args[0].is_contiguous() else "channels_last")
+            return launch(*args, **kwargs)
+
+        return run
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """{kernel name: [layout of its X at each launch]} for every instance-norm kernel launched in the test."""
+    spies = {name: _Spy(getattr(ina, name)) for name in TILED_KERNELS + NCHW_KERNELS}
+    for name, spy in spies.items():
+        monkeypatch.setattr(ina, name, spy)
+    return {name: spy.layouts for name, spy in spies.items()}
+
+
+def _assert_path(launches, mode, chunks):
+    """The kernels of `mode` ran (forward and backward once each), and no others."""
+    nchw = [layout for name in NCHW_KERNELS for layout in launches[name]]
+    if mode == "tiled":
+        for name in ("_nhwc_stats_kernel", "_nhwc_norm_act_kernel", "_nhwc_bwd_reduce_kernel", "_nhwc_bwd_dx_kernel"):
+            assert launches[name] == ["channels_last"], name
+        assert len(launches["_combine_kernel"]) == (chunks > 1)  # K == 1: the stats kernel writes mean/rstd
+        assert nchw == []
+    else:
+        assert all(launches[name] == [] for name in TILED_KERNELS)
+        assert len(nchw) >= 2 and set(nchw) == {"nchw" if mode == "copy" else "channels_last"}
+
+
+@pytest.mark.parametrize("affine,slope,act", CONFIGS)
+@pytest.mark.parametrize("shape,chunk", CL_SHAPES, ids=[f"{s}-chunk{c}" for s, c in CL_SHAPES])
+@pytest.mark.parametrize("mode", CL_MODES)
+def test_channels_last_matches_reference(mode, shape, chunk, affine, slope, act, launches, monkeypatch):
+    """Every channels_last setting gives the reference's y, dx, dw, db, keeps the layout and runs its own kernels."""
+    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", mode)
+    y, dx = _check_against_reference(shape, chunk, torch.float32, 1e-5, 1e-4, affine, slope, act, torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+    n, c, h, w = shape
+    _assert_path(launches, mode, ina._plan_nhwc(n, c, h * w, chunk)[3])
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES[1:], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape,chunk", CL_SHAPES[1:3], ids=[f"{s}-chunk{c}" for s, c in CL_SHAPES[1:3]])
+def test_channels_last_tiled_low_precision(shape, chunk, dtype, atol, rtol, launches):
+    """fp16 / bf16 through the tiled kernels (the default setting): forced chunks, two channel blocks."""
+    y, dx = _check_against_reference(shape, chunk, dtype, atol, rtol, True, 0.2, True, torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+    n, c, h, w = shape
+    _assert_path(launches, "tiled", ina._plan_nhwc(n, c, h * w, chunk)[3])
+
+
+def test_channels_last_1x1_planes(launches):
+    """1x1 planes are NCHW- and channels_last-contiguous at once (the same memory): the public call takes the
+    NCHW kernels, and the tiled kernels are checked on such planes directly (y = act(b), dx = 0, dw = 0)."""
+    shape = (2, 3, 1, 1)
+    _check_against_reference(shape, None, torch.float32, 1e-5, 1e-4, True, 0.2, True, torch.channels_last)
+    assert all(launches[name] == [] for name in TILED_KERNELS)
+    x, w, b, dy = _inputs(shape, torch.float32, True, seed=5)
+    x = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    y, mean, rstd = ina._fwd_tiled(x.detach(), w.detach(), b.detach(), 0.2, 1e-5, True, 0)
+    dx, dw, db = ina._bwd_tiled(dy, x.detach(), w.detach(), b.detach(), mean, rstd, 0.2, True, 0)
+    assert launches["_nhwc_stats_kernel"] and launches["_nhwc_bwd_dx_kernel"]
+    yr = instance_norm_act_reference(x, w, b, 0.2)
+    torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-4)
+    for g, gr in zip((dx, dw, db), torch.autograd.grad(yr, [x, w, b], dy), strict=True):
+        torch.testing.assert_close(g, gr, atol=1e-5, rtol=1e-4)
+
+
+# (mode, fast_eager): both call paths for the default; copy / strided (existing NCHW kernels) through one
+@pytest.mark.parametrize("mode,fast_eager", [("tiled", True), ("tiled", False), ("copy", True), ("strided", True)])
+def test_channels_last_gradgradcheck_float64(mode, fast_eager, launches, monkeypatch):
+    """float64 gradcheck + gradgradcheck on a channels_last input (C=3 ragged block, 3 chunks, affine, LeakyReLU).
+    tiled: first backward on the tiled kernels, double backward on the NCHW kernels over contiguous copies."""
+    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", mode)
+    monkeypatch.setattr(ina, "FAST_EAGER", fast_eager)
+    x, w, b, _ = _inputs((1, 3, 3, 4), torch.float64, True, seed=6)
+    x = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    w = w.detach().double().requires_grad_(True)
+    b = b.detach().double().requires_grad_(True)
+    fn = lambda x_, w_, b_: instance_norm_act(x_, w_, b_, 0.2, 1e-5, True, 4)
+    assert torch.autograd.gradcheck(fn, (x, w, b), atol=1e-6, rtol=1e-4, fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), atol=1e-6, rtol=1e-4, fast_mode=True)
+    tiled = launches["_nhwc_stats_kernel"] and launches["_nhwc_bwd_dx_kernel"]
+    assert bool(tiled) == (mode == "tiled")
+    assert set(launches["_dbwd_apply_kernel"]) == {"channels_last" if mode == "strided" else "nchw"}
+
+
+def test_channels_last_mode_is_checked(monkeypatch):
+    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", "nhwc")
+    with pytest.raises(ValueError, match="CHANNELS_LAST_MODE"):
+        instance_norm_act(torch.randn(1, 3, 4, 4, device=DEVICE).to(memory_format=torch.channels_last))
+
+
+def test_launch_plan_channels_last():
+    """Tiled plan: 720p with C=64 spreads over hundreds of chunks; small planes get one; bounds respected."""
+    block_c, tile_p, chunk, k = ina._plan_nhwc(1, 64, 720 * 1280, None)
+    assert block_c == 64 and k >= 512 and chunk % tile_p == 0 and chunk * k >= 720 * 1280
+    assert chunk * block_c <= ina.MAX_CHUNK and tile_p * block_c == ina.TILE
+    assert ina._plan_nhwc(2, 3, 30, None)[3] == 1  # (2, 3, 6, 5): one chunk, mean/rstd from the stats kernel
+    assert ina._plan_nhwc(1, 5, 63, 8) == (8, 8, 8, 8)  # a forced chunk size is honoured, tiles no larger
+    assert ina._plan_nhwc(1, 1, 16384 * 16384, None)[3] <= ina.MAX_CHUNKS
+    with pytest.raises(ValueError, match="chunk_size"):
+        ina._plan_nhwc(1, 3, 30, 0)
+
+
+# The interpreter does not type-check like the compiler: compile the tiled kernels for sm_90 (Triton ships ptxas),
+# with the 16-divisibility Triton gives C = 64 and aligned pointers at launch. No register spills, and the tile
+# loads and stores must come out as 128-bit vector accesses (coalesced rows of 8 fp16 per thread).
+_NHWC_COMPILE_SCRIPT = """
+import re, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import instance_norm_act as ina
+
+tiles = dict(CHUNK=1024, TILE_P=16, BLOCK_C=64, ACC=tl.float32)
+cases = [
+    (ina._nhwc_stats_kernel, tiles | dict(FINAL=False)),
+    (ina._nhwc_stats_kernel, tiles | dict(FINAL=True, ACC=tl.float64)),
+    (ina._combine_kernel, dict(CHUNK=1024, BLOCK_K=1024, ACC=tl.float32)),
+    (ina._nhwc_norm_act_kernel, tiles | dict(HAS_W=True, ACT=True)),
+    (ina._nhwc_bwd_reduce_kernel, tiles | dict(HAS_W=True, ACT=True)),
+    (ina._nhwc_bwd_dx_kernel, tiles | dict(HAS_W=False, ACT=True)),
+]
+for fn, consts in cases:
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in ("slope", "eps"):
+            sig[name] = "fp32"
+        elif name.isupper() and name not in ("C", "HW", "K"):
+            sig[name] = "*fp16" if name in ("X", "Y", "DY", "DX") else "*fp32"
+        else:
+            sig[name] = "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a] in ("*fp16", "*fp32")}
+    attrs |= {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in ("C", "HW") if a in sig}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+    ptx = k.asm["ptx"]
+    assert "ld.local" not in ptx, fn.__name__ + " spills registers to local memory"
+    if "X" in sig:
+        assert "ld.global.v4" in ptx, fn.__name__ + " tile loads are not vectorised"
+    if "Y" in sig or "DX" in sig:
+        assert "st.global.v4" in ptx, fn.__name__ + " tile stores are not vectorised"
+    print("ok", fn.__name__)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the other tests compile and run the kernels")
+def test_tiled_kernels_compile_for_sm90_vectorised():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-c", _NHWC_COMPILE_SCRIPT]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("triton's bundled ptxas is not available")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ok ") == 6
 
 
 def test_matches_torch_modules():
@@ -128,8 +310,9 @@ def test_large_mean_is_stable():
     x = torch.randn(1, 2, 40, 40, device=DEVICE, dtype=torch.float64).float() + 1e4
     ref = instance_norm_act_reference(x.double(), activation=False).float()
     for chunk in (None, 256):
-        y = instance_norm_act(x, activation=False, chunk_size=chunk)
-        torch.testing.assert_close(y, ref, atol=2e-3, rtol=1e-3)
+        for fmt in (torch.contiguous_format, torch.channels_last):  # NCHW kernels / tiled NHWC kernels
+            y = instance_norm_act(x.contiguous(memory_format=fmt), activation=False, chunk_size=chunk)
+            torch.testing.assert_close(y, ref, atol=2e-3, rtol=1e-3)
 
 
 # gradgradcheck cases in float64: (shape, chunk_size, affine, slope, activation, fast_mode)
@@ -246,6 +429,20 @@ def test_compile_traces_without_graph_breaks():
     torch.testing.assert_close(g, g_r, atol=1e-5, rtol=1e-4)
 
 
+def test_compile_traces_channels_last_tiled(launches):
+    """Traced (fake) and real outputs agree on the layout: channels_last in, channels_last y and dx out."""
+    x = torch.randn(2, 3, 5, 6, device=DEVICE).to(memory_format=torch.channels_last).requires_grad_(True)
+    fn = lambda t: instance_norm_act(t * 2.0, negative_slope=0.2)
+    y = torch.compile(fn, fullgraph=True, backend="aot_eager")(x)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert y.is_contiguous(memory_format=torch.channels_last) and g.is_contiguous(memory_format=torch.channels_last)
+    assert launches["_nhwc_norm_act_kernel"] and launches["_nhwc_bwd_dx_kernel"]
+    yr = instance_norm_act_reference(x * 2.0, negative_slope=0.2)
+    (g_r,) = torch.autograd.grad(yr, x, torch.ones_like(yr))
+    torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g, g_r, atol=1e-5, rtol=1e-4)
+
+
 def test_export_keeps_the_op():
     """torch.export sees one deblurgan_kernels.in_act_fwd node per layer, and the exported program runs."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3), InstanceNormAct(4, 0.2)).to(DEVICE)
@@ -300,5 +497,10 @@ def test_full_size_gpu(shape, dtype, atol, rtol, affine, slope, act):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_full_size_gpu_channels_last():
-    _check_against_reference((1, 64, 360, 640), None, torch.float16, 1e-2, 1e-2, False, 0.0, True, torch.channels_last)
+@pytest.mark.parametrize("mode", CL_MODES)
+def test_full_size_gpu_channels_last(mode, launches, monkeypatch):
+    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", mode)
+    shape = (1, 64, 360, 640)
+    y, dx = _check_against_reference(shape, None, torch.float16, 1e-2, 1e-2, False, 0.0, True, torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
+    _assert_path(launches, mode, ina._plan_nhwc(1, 64, 360 * 640, None)[3])
