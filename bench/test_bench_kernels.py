@@ -3,6 +3,8 @@
     pytest bench/test_bench_kernels.py --benchmark
 
 On CUDA: the issue's shapes (1x64x720x1280, 1x256x180x320, 16x256x64x64) and a critic update at batch 1, 256^2.
+channels_last inputs (`--channels-last` training): the Triton kernels under each `CHANNELS_LAST_MODE` setting
+("triton-nhwc-tiled" / "-copy" / "-strided") against eager on the same channels_last tensor.
 On CPU: tiny stand-ins, torch paths only (the Triton interpreter is not worth timing). Every benchmark checks
 what it timed against the reference. `bytes` = the minimal traffic of the op (see bench/FLOORS.md); the report
 derives GB/s and % of this run's copy bandwidth from it.
@@ -15,6 +17,7 @@ from torch import nn
 from bench.timing import device, measure, on_gpu, tensor_bytes
 from deblurgan.config import CriticConfig
 from deblurgan.networks import Critic
+from kernels import instance_norm_act as ina
 from kernels.gradient_penalty import gradient_penalty, gradient_penalty_reference
 from kernels.instance_norm_act import instance_norm_act, instance_norm_act_reference
 
@@ -93,6 +96,77 @@ def test_bench_in_relu_fwd_bwd(benchmark, shape, dtype, backend):
     torch.testing.assert_close(dx.float(), dx_ref.float(), atol=atol, rtol=rtol)
     measure(
         benchmark, step, case="in_relu fwd+bwd", backend=backend, shape=shape, dtype=dtype,
+        bytes=5 * tensor_bytes(x),  # floor: fwd reads x, writes y; bwd reads x and dy, writes dx
+    )  # fmt: skip
+
+
+# channels_last IN + ReLU: (shape, dtype). CUDA: the generator's first IN+ReLU at 720p (fp16) and at a training
+# batch of 256^2 crops (bf16, what `--channels-last` training feeds it); CPU: a tiny stand-in, eager only.
+NHWC_CASES_CUDA = [((1, 64, 720, 1280), torch.float16), ((16, 64, 256, 256), torch.bfloat16)]
+NHWC_CASES_CPU = [((1, 8, 36, 64), torch.float32)]
+NHWC_BACKENDS = ["eager", "triton-nhwc-tiled", "triton-nhwc-copy", "triton-nhwc-strided"]
+
+
+def _nhwc_cases():
+    return [
+        pytest.param(shape, dtype, backend, id=f"{'x'.join(map(str, shape))}-{str(dtype)[6:]}-{backend}")
+        for shape, dtype in (NHWC_CASES_CUDA if on_gpu() else NHWC_CASES_CPU)
+        for backend in NHWC_BACKENDS
+    ]
+
+
+def _in_relu_nhwc(backend, channels, monkeypatch):
+    """IN + ReLU on a channels_last tensor: eager torch layers, or the Triton kernels in one CHANNELS_LAST_MODE."""
+    if backend == "eager":
+        return nn.Sequential(nn.InstanceNorm2d(channels), nn.ReLU())
+    if not on_gpu():
+        pytest.skip("triton kernels are benchmarked on CUDA only (CPU runs the interpreter)")
+    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", backend.removeprefix("triton-nhwc-"))
+    return lambda x: instance_norm_act(x)
+
+
+def _channels_last_input(shape, dtype, seed=0):
+    x = _input(shape, dtype, seed).contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous()  # a real channels_last tensor, not one that is NCHW-contiguous as well
+    return x
+
+
+@pytest.mark.parametrize("shape,dtype,backend", _nhwc_cases())
+def test_bench_in_relu_nhwc_fwd(benchmark, monkeypatch, shape, dtype, backend):
+    benchmark.group = "kernels"
+    x = _channels_last_input(shape, dtype)
+    fn = _in_relu_nhwc(backend, shape[1], monkeypatch)
+    with torch.no_grad():
+        y = fn(x)  # autotune / compile outside the timed region
+        if backend != "eager":  # the Triton paths keep the layout (eager's output layout is torch's business)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+        atol, rtol = TOL[dtype]
+        torch.testing.assert_close(y.float(), instance_norm_act_reference(x.float()), atol=atol, rtol=rtol)
+        measure(
+            benchmark, lambda: fn(x), case="in_relu fwd channels_last", backend=backend, shape=shape, dtype=dtype,
+            bytes=2 * tensor_bytes(x),  # floor: read x once, write y once (FLOORS.md: what each setting moves)
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("shape,dtype,backend", _nhwc_cases())
+def test_bench_in_relu_nhwc_fwd_bwd(benchmark, monkeypatch, shape, dtype, backend):
+    benchmark.group = "kernels"
+    x = _channels_last_input(shape, dtype).requires_grad_(True)
+    dy = _channels_last_input(shape, dtype, seed=1)  # as a channels_last network's next layer hands it back
+    fn = _in_relu_nhwc(backend, shape[1], monkeypatch)
+
+    def step():
+        (dx,) = torch.autograd.grad(fn(x), x, dy)
+        return dx
+
+    dx = step()
+    if backend != "eager":
+        assert dx.is_contiguous(memory_format=torch.channels_last)
+    (dx_ref,) = torch.autograd.grad(instance_norm_act_reference(x.float()), x, dy.float())
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(dx.float(), dx_ref.float(), atol=atol, rtol=rtol)
+    measure(
+        benchmark, step, case="in_relu fwd+bwd channels_last", backend=backend, shape=shape, dtype=dtype,
         bytes=5 * tensor_bytes(x),  # floor: fwd reads x, writes y; bwd reads x and dy, writes dx
     )  # fmt: skip
 
