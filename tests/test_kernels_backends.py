@@ -199,7 +199,7 @@ cases = [
     (ina._dbwd_apply_kernel, chunked | dict(BLOCK_K=16), 4),
     (gp._lerp_kernel, dict(BLOCK=1024), 4),
     (gp._sumsq_kernel, dict(BLOCK=1024), 4),
-    (gp._pixel_norm_kernel, dict(BLOCK=256), 4),
+    (gp._pixel_norm_kernel, dict(C=3, BLOCK=256), 4),
     (gp._penalty_bwd_kernel, dict(PIXEL=True, BLOCK=1024), 4),
 ]
 for fn, consts, warps in cases:

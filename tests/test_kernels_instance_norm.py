@@ -307,7 +307,10 @@ def test_matches_torch_modules():
 
 def test_large_mean_is_stable():
     """A large offset must not wreck the variance (no E[x^2] - E[x]^2 cancellation), also across chunks."""
-    x = torch.randn(1, 2, 40, 40, device=DEVICE, dtype=torch.float64).float() + 1e4
+    # fp32 spacing at 1e4 is ~1e-3: atol 2e-3 allows about two ulps of error in the fp32 mean (seeded: observed
+    # errors over random draws ranged 2.5e-4 .. 1.6e-3)
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(1, 2, 40, 40, generator=g, dtype=torch.float64).float() + 1e4).to(DEVICE)
     ref = instance_norm_act_reference(x.double(), activation=False).float()
     for chunk in (None, 256):
         for fmt in (torch.contiguous_format, torch.channels_last):  # NCHW kernels / tiled NHWC kernels
