@@ -490,4 +490,5 @@ def test_gpu_check_script_is_valid_bash() -> None:
     script = ROOT / "bench" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    assert "--benchmark-json" in text and "bench.report" in text and "-m gpu" in text
+    assert "--benchmark-json" in text and "bench.report" in text
+    assert '-m "gpu and not slow"' in text and '-m "gpu and slow"' in text  # every GPU test, the slow ones last
