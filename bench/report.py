@@ -220,7 +220,14 @@ def title(res: Results) -> str:
 def section_env(res: Results) -> list[str]:
     env, commit = res.env, res.commit
     lines = [title(res), ""]
-    if not res.on_gpu:
+    if not res.on_gpu and env.get("full_size"):
+        lines += [
+            "> **CPU run at full size** (`DEBLURGAN_BENCH_FULL=1`: 720p frames, 256² crops). These are CPU timings:",
+            "> they say nothing about GPU speed. On a shared machine other jobs move them, ratios included;",
+            "> rows marked ~ were unstable.",
+            "",
+        ]
+    elif not res.on_gpu:
         lines += [
             "> **CPU run with tiny stand-in shapes.** These numbers check that the suite runs; they say nothing",
             "> about GPU speed and must not be compared with GPU reports or with the paper. On a shared machine,",

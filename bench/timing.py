@@ -232,6 +232,7 @@ def environment() -> dict[str, Any]:
         "tensorrt": _version("tensorrt"),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "full_size": full_size(),
     }
     if os.environ.get("DEBLURGAN_COMMIT"):
         env["commit"] = os.environ["DEBLURGAN_COMMIT"]

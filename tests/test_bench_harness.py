@@ -446,6 +446,16 @@ def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
     assert "GB/s" not in md.split("## Kernels")[1]
 
 
+def test_report_cpu_run_at_full_size_says_so(tmp_path) -> None:
+    data = _synthetic(gpu=False)
+    data["machine_info"]["deblurgan"]["full_size"] = True  # DEBLURGAN_BENCH_FULL=1
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["group"] == "models"]
+    md = _render(data, tmp_path)
+    assert "**CPU run at full size**" in md and "tiny stand-in" not in md
+    (headline,) = [line for line in md.splitlines() if line.startswith("**This run")]
+    assert "per 720p frame" in headline
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
