@@ -265,6 +265,9 @@ class Trainer:
             flags["capturable"] = True
         self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=self._lr(o.lr), betas=(o.beta1, o.beta2), **flags)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=self._lr(o.lr), betas=(o.beta1, o.beta2), **flags)
+        if cfg.cuda_graph:  # the eager warm-up iterations before capture are expected: no warning about them
+            for opt in (self.opt_g, self.opt_d):
+                opt._warned_capturable_if_run_uncaptured = True
         sched = lambda e: lr_factor(e, o.epochs_constant, o.epochs_decay)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched)
@@ -605,10 +608,15 @@ class Trainer:
             for key in ("lr", "initial_lr"):
                 if key in group:
                     group[key] = self._lr(group[key])
-        if self.cfg.cuda_graph:  # capturable Adam keeps its step count on the device
-            for state in opt.state.values():
+        # fused/capturable Adam keeps its step count on the device, plain Adam on the host (on the device it would
+        # cost a host sync per parameter per step); load_state_dict placed it by the saving run's flags
+        for group in opt.param_groups:
+            on_device = bool(group.get("fused")) or bool(group.get("capturable"))
+            for p in group["params"]:
+                state = opt.state.get(p, {})
                 if "step" in state:
-                    state["step"] = state["step"].to(self.device, torch.float32)
+                    step = state["step"]
+                    state["step"] = step.to(p.device, torch.float32) if on_device else step.cpu()
 
     # -- logs ------------------------------------------------------------------------------------
 

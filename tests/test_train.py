@@ -421,6 +421,10 @@ def _params(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().float().reshape(-1) for p in module.parameters()])
 
 
+def _weights(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().float().reshape(-1) for p in module.parameters() if p.dim() > 1])
+
+
 @pytest.mark.gpu
 @cuda
 def test_cuda_graph_replay_matches_eager(vgg, tmp_path, monkeypatch) -> None:
@@ -433,17 +437,21 @@ def test_cuda_graph_replay_matches_eager(vgg, tmp_path, monkeypatch) -> None:
         cfg = tiny_cfg(device="cuda", cuda_graph=graph, model={"dropout": 0.0}, loss={"gp_weight": 0.0},
                        data={"crop": 64})  # fmt: skip
         tr = Trainer(cfg, tmp_path / f"r{i}", data, vgg=vgg, progress=False)
-        start = _params(tr.gen)
+        start = _weights(tr.gen)
         losses.append(torch.stack([tr.train_step(data.blur[k : k + 2], data.sharp[k : k + 2]) for k in range(5)]))
-        deltas.append(_params(tr.gen) - start)
+        deltas.append(_weights(tr.gen) - start)
         if graph:
             assert tr.graphed.replays == 2  # 3 eager warm-up iterations, then capture + 2 replays
     torch.testing.assert_close(losses[1].cpu(), losses[0].cpu(), rtol=1e-3, atol=1e-5)
+    # weights only: the biases of convolutions followed by instance norm have a zero gradient in exact arithmetic,
+    # so their updates are Adam-amplified rounding noise (non-deterministic cuDNN / reflection-pad backward) and
+    # differ between any two runs, graph or not
     assert deltas[0].norm() > 0
-    assert (deltas[1] - deltas[0]).norm() / deltas[0].norm() < 1e-2
+    assert (deltas[1] - deltas[0]).norm() / deltas[0].norm() < 1e-3
 
 
 @pytest.mark.gpu
+@pytest.mark.slow  # compiles the Triton kernels (bf16, channels_last): gpu_check.sh runs it after the benchmarks
 @cuda
 def test_cuda_graph_replays_follow_the_lr_schedule_and_draw_fresh_random_numbers(vgg, tmp_path) -> None:
     # the paper's randomness (dropout 0.5, GP eps); lr factor 1, 0.5, 0 over epochs 0, 1, 2
@@ -466,7 +474,8 @@ def test_cuda_graph_replays_follow_the_lr_schedule_and_draw_fresh_random_numbers
     a = tr.train_step(data.blur, data.sharp)
     b = tr.train_step(data.blur, data.sharp)
     assert torch.equal(_params(tr.gen), w1) and torch.equal(_params(tr.critic), c1)  # lr 0 reached the graph
-    assert torch.isfinite(a).all() and not torch.equal(a, b)  # same weights, same batch: new dropout masks / eps
+    # same weights, same batch: new dropout masks and GP eps move the losses far beyond GPU rounding
+    assert torch.isfinite(a).all() and (a[1] - b[1]).abs() > 1e-3 * a[1].abs()
     assert tr.graphed.replays == 4
 
 
