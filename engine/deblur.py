@@ -195,7 +195,7 @@ def deblur_video(job: Job, deblurrer, args: argparse.Namespace, show: bool) -> N
     with VideoReader(job.src) as reader:
         width = reader.width * (2 if args.side_by_side else 1)
         _note_tiling(deblurrer, reader.height, reader.width)
-        writer = None if args.frames else VideoWriter(job.dst, reader.fps, width, reader.height)
+        writer = None if args.frames else VideoWriter(job.dst, reader.fps, width, reader.height, source=reader)
         bar = tqdm(total=reader.frames or None, unit="frame", disable=not show, leave=False, file=sys.stderr)
         index = 0
         try:
