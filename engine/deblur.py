@@ -6,7 +6,8 @@ Usage:
 
 INPUT: image files, folders (searched recursively for images and videos) and video files. The output
 folder mirrors each input folder; a file input lands directly in --out. Videos come out as a video with
-the same frame rate (or as PNG frames with --frames). A bad file is reported as `skipped PATH: reason`
+the input's frame timestamps and audio, turned upright if the input carries a rotation (or as PNG frames
+with --frames). A bad file is reported as `skipped PATH: reason`
 and the job goes on; the exit code is 0 when every file worked, 1 when some failed, 2 for usage errors.
 """
 
