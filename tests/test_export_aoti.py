@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from deblurgan import Generator, GeneratorConfig
 from deblurgan.checkpoint import load_generator, save_generator
 from deblurgan.errors import DeblurGANError
+from deblurgan.precision import exact_fp32
 from export.aoti import AotiExporter, main
 from export.runtime import AOTIRunner, load_runner
 
@@ -171,7 +172,7 @@ def test_cuda_fp16_package_psnr(tmp_path):
     runner = load_runner(out, "aoti", device="cuda")
     assert runner.name == "aoti-fp16"
     x = natural_batch("cuda")
-    with torch.no_grad():
+    with torch.no_grad(), exact_fp32():  # the reference in full fp32, not TF32
         ref = g.cuda()(x)
     mse = (runner(x) - ref).pow(2).mean().item()
     assert 10 * np.log10(4.0 / max(mse, 1e-20)) >= 45.0

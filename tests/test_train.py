@@ -341,9 +341,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run
         ({"amp": "bf16", "channels_last": True, "model": {"dropout": 0.0, "kernels": "auto"}}, 0.06),
     ],
 )
-def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     data = TinyPairs(2, size=64, seed=2)
     out = []
     for i, extra in enumerate([{}, switch]):
