@@ -12,6 +12,8 @@ call and synchronises on the end event. pytest-benchmark therefore times *synchr
 include the host launch overhead), and the device-side median from the events goes to
 `benchmark.extra_info["device_ms"]`. The report uses `device_ms` when present, else pytest-benchmark's median.
 On CPU there is nothing to synchronise: the wall clock is the measurement.
+
+`measure` writes `extra_info["timing"]` last: an entry without it did not finish (bench/conftest.py drops those).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ def measure(
     "aoti", "onnxruntime", "tensorrt", "reference", ...), `shape`, `dtype`, `bytes` (minimal traffic:
     GB/s is derived), `flop`, `model`, `params`, `gflop_720p`. `items` = frames/crops per call (per-item ms).
     `setup` (optional) runs untimed before every round and may return `(args, kwargs)` for `fn`.
+    `extra_info["timing"]` is written last, so its presence means the measurement finished.
     """
     cuda = on_gpu()
     rounds = rounds or (CUDA_ROUNDS if cuda else CPU_ROUNDS)
@@ -180,9 +183,6 @@ def measure(
         if len(times) >= 2:
             q1, _, q3 = statistics.quantiles(times, n=4)
             info["device_ms_iqr"] = q3 - q1
-        info["timing"] = "cuda-events"
-    else:
-        info["timing"] = "host-clock"
     ms = info.get("device_ms")
     if ms is None and benchmark.stats is not None:
         ms = benchmark.stats.stats.median * 1e3
@@ -190,6 +190,7 @@ def measure(
         info["gbps"] = gbps(info["bytes"], ms)
     if ms and info.get("flop"):
         info["tflops"] = info["flop"] / (ms * 1e-3) / 1e12
+    info["timing"] = "cuda-events" if "device_ms" in info else "host-clock"  # last: the entry is complete
     return result
 
 

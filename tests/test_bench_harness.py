@@ -182,6 +182,60 @@ def test_report_from_real_json(bench_run, tmp_path) -> None:
     assert ("CPU only" in md) != on_gpu()
 
 
+# a suite stopped by SIGINT (gpu_check.sh's time limit) in its third benchmark, after one good row and one wrong one
+INTERRUPTED_BENCH = """
+import os
+import signal
+import time
+
+from bench.timing import measure
+
+STOP_AT_CALL = {stop_at_call}  # warm-up is call 1, timed rounds are calls 2..4
+
+
+def test_bench_good(benchmark):
+    measure(benchmark, lambda: time.sleep(0.001), case="good", backend="eager", rounds=2, warmup=1)
+
+
+def test_bench_wrong(benchmark):
+    y = measure(benchmark, lambda: 1, case="wrong", backend="eager", rounds=2, warmup=1)
+    assert y == 2  # the correctness check after timing fails: this row must not reach the JSON
+
+
+def test_bench_interrupted(benchmark):
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if len(calls) == STOP_AT_CALL:
+            os.kill(os.getpid(), signal.SIGINT)  # what `timeout -s INT` delivers
+            time.sleep(5)
+
+    measure(benchmark, fn, case="interrupted", backend="eager", rounds=3, warmup=1)
+
+
+def test_bench_never_reached(benchmark):
+    measure(benchmark, lambda: None, case="never", backend="eager")
+"""
+
+
+@pytest.mark.parametrize("stop_at_call", [1, 3], ids=["in-warm-up", "in-second-timed-round"])
+def test_interrupted_suite_keeps_finished_rows_only(tmp_path, stop_at_call: int) -> None:
+    (tmp_path / "bench").mkdir()
+    shutil.copy(ROOT / "bench" / "conftest.py", tmp_path / "bench" / "conftest.py")
+    (tmp_path / "bench" / "test_bench_stop.py").write_text(INTERRUPTED_BENCH.format(stop_at_call=stop_at_call))
+    out = tmp_path / "results.json"
+    proc = _run_pytest(tmp_path, "bench", "--benchmark", f"--benchmark-json={out}")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "KeyboardInterrupt" in log, log  # 2: pytest was interrupted
+    # written: pytest-benchmark's JSON writer used to fail on the interrupted entry's missing stats (an empty file
+    # with pytest-benchmark 5.2, none with 5.3)
+    assert out.exists() and out.stat().st_size > 0, log
+    names = [b["name"] for b in json.loads(out.read_text())["benchmarks"]]
+    assert names == ["test_bench_good"], log  # not the failed check's row, not the interrupted one
+    assert "unfinished benchmarks left out of the JSON: test_bench_interrupted" in log
+
+
 def test_plain_pytest_does_not_collect_bench() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
