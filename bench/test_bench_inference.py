@@ -1,15 +1,21 @@
 """Generator inference per deploy backend: eager fp32/fp16, torch.compile, AOTInductor, onnxruntime, TensorRT.
 
 Run: `pytest bench/test_bench_inference.py --benchmark`. On CUDA: the full generator (11.4 M params) at
-256x256 and 1280x720, batch 1 and 8. On CPU: a small generator (ngf=8, 1 block) at tiny stand-in sizes,
-batch 1, about a minute (AOTInductor's CPU compile is ~30 s of it); `DEBLURGAN_BENCH_FULL=1` runs the full
-generator at real sizes on CPU too (minutes). Each row records `ms_per_frame` and `fps` in extra_info, and
-every output is checked against eager fp32 (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA where
-convolutions may use TF32; fp16 backends: >= 40 dB PSNR on random inputs).
+256x256 and 1280x720, batch 1 and 8, except torch.compile: 1280x720 batch 1 only (see below). On CPU: a small
+generator (ngf=8, 1 block) at tiny stand-in sizes, batch 1, about a minute (AOTInductor's CPU compile is ~30 s
+of it); `DEBLURGAN_BENCH_FULL=1` runs the full generator at real sizes on CPU too (minutes). Each row records
+`ms_per_frame` and `fps` in extra_info. Every case runs once before timing (compiles, loads, autotunes) and that
+output is checked against eager fp32 first (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA where
+convolutions may use TF32; fp16 backends: >= 40 dB PSNR on random inputs): a wrong backend is never timed.
 
 Compile / export / engine builds happen once per backend, untimed, and are slow on CUDA (torch.compile and
 AOTInductor about a minute each for the full model, TensorRT several): the cheap backends run first, so a
 time limit (bench/gpu_check.sh, SIGINT) still leaves their results. Set BENCH_S_INFERENCE=600 for all rows.
+torch.compile uses `dynamic=False`: every input shape is its own compile (without it, the second shape would
+recompile with dynamic shapes and later rows would time dynamic-shape kernels), so on CUDA it runs at the
+issue's case only, 1280x720 batch 1 fp16; a compile per size and batch would not fit the suite's time limit.
+Batch 8 frames/s come from eager, onnxruntime, AOTInductor and TensorRT. AOTInductor is built once per backend
+as the deployable package (dynamic batch, H, W; `python -m export.aoti`) and serves every size and batch.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def runner(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if backend == "eager-fp16":
         return lambda x: _autocast(g, x)
     if backend == "compile-fp16":
-        compiled = torch.compile(g)
+        compiled = torch.compile(g, dynamic=False)  # compiles at the first call of each shape (untimed, see below)
         return lambda x: _autocast(compiled, x)
     if backend in ("aoti", "aoti-fp16"):
         from export.aoti import AotiExporter
@@ -111,7 +117,12 @@ def _flop(h: int, w: int) -> int:
     return count_flops(generator(), (1, 3, h, w))
 
 
-CASES = [(b, s, n) for b in BACKENDS for s in SIZES for n in BATCHES]
+def _wanted(backend: str, size: str, batch: int) -> bool:
+    """torch.compile (dynamic=False: a full compile per shape) at 1280x720 batch 1 only on CUDA."""
+    return not (on_gpu() and backend.startswith("compile")) or (size, batch) == ("720p", 1)
+
+
+CASES = [(b, s, n) for b in BACKENDS for s in SIZES for n in BATCHES if _wanted(b, s, n)]
 
 
 @pytest.mark.parametrize(("backend", "size", "batch"), CASES, ids=[f"{b}-{s}-b{n}" for b, s, n in CASES])
@@ -125,6 +136,20 @@ def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None
     def forward() -> torch.Tensor:
         with torch.inference_mode():
             return run(x)
+
+    y = forward()  # the first call compiles / loads / autotunes: before timing, and checked before timing
+    assert y.shape == ref.shape
+    info = benchmark.extra_info
+    if backend in FP16:
+        mse = (y.float() - ref).pow(2).mean().item()
+        psnr = math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+        info["psnr_vs_fp32"] = psnr
+        assert psnr >= 40.0, f"{backend}: {psnr:.1f} dB vs eager fp32"
+    else:
+        err = (y.float() - ref).abs().max().item()
+        info["max_abs_vs_fp32"] = err
+        tol = 1e-4 if device().type == "cpu" else 1e-2  # CUDA fp32 convs may use TF32 (PyTorch's default)
+        assert err <= tol, f"{backend}: max abs {err:.3g} vs eager fp32"
 
     benchmark.group = "inference"
     y = measure(
@@ -140,17 +165,7 @@ def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None
         full_size=FULL,
         threads=torch.get_num_threads(),
     )
-    info = benchmark.extra_info
     ms = info.get("device_ms") or benchmark.stats.stats.median * 1e3
     info["ms_per_frame"] = ms / batch
     info["fps"] = 1e3 * batch / ms
     assert y.shape == ref.shape
-    err = (y.float() - ref).abs().max().item()
-    if backend in FP16:
-        mse = (y.float() - ref).pow(2).mean().item()
-        psnr = math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
-        info["psnr_vs_fp32"] = psnr
-        assert psnr >= 40.0, f"{backend}: {psnr:.1f} dB vs eager fp32"
-    else:
-        tol = 1e-4 if device().type == "cpu" else 1e-2  # CUDA fp32 convs may use TF32 (PyTorch's default)
-        assert err <= tol, f"{backend}: max abs {err:.3g} vs eager fp32"

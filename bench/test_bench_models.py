@@ -65,6 +65,17 @@ def test_bench_model_forward(benchmark, name: str, dtype: torch.dtype) -> None:
             out = model(x)
         return out[-1] if isinstance(out, list) else out
 
+    out = forward()  # checked before timing: a wrong model is never timed
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    if dtype != torch.float32:  # the timed half-precision model still computes the fp32 model's function
+        torch.manual_seed(0)
+        ref = MODELS[name]().to(device()).eval()
+        with torch.inference_mode():
+            expected = ref(x.float())
+        expected = expected[-1] if isinstance(expected, list) else expected
+        torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=3e-2)  # fp16 vs fp32: ~7e-3 seen on CPU
+        del ref, expected
+
     out = measure(
         benchmark,
         forward,
@@ -80,10 +91,3 @@ def test_bench_model_forward(benchmark, name: str, dtype: torch.dtype) -> None:
         tf32_convs=on_gpu() and torch.backends.cudnn.allow_tf32,  # PyTorch's default for fp32 convs on CUDA
     )
     assert out.shape == x.shape and torch.isfinite(out).all()
-    if dtype != torch.float32:  # the timed half-precision model still computes the fp32 model's function
-        torch.manual_seed(0)
-        ref = MODELS[name]().to(device()).eval()
-        with torch.inference_mode():
-            expected = ref(x.float())
-        expected = expected[-1] if isinstance(expected, list) else expected
-        torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=3e-2)  # fp16 vs fp32: ~7e-3 seen on CPU
