@@ -394,6 +394,13 @@ def section_group(res: Results, group: str) -> list[str]:
         "vs X = X's ms per item / this row's, same case and shape"
         + (" (any dtype: part of the backend)." if group in CROSS_DTYPE_GROUPS else " and dtype."),
     ]
+    flushed = [r.extra["l2_flush_bytes"] for r in rows if r.extra.get("l2_flush_bytes")]
+    if flushed:
+        which = "every row" if len(flushed) == len(rows) else f"{len(flushed)} of {len(rows)} rows"
+        lines += [
+            f"L2 flushed before every timed call ({max(flushed) / 2**20:.0f} MiB written, outside the timed "
+            f"interval) in {which}: those rows are not read from a warm L2."
+        ]
     if missing:
         lines += [f"Not measured in this run: {', '.join(missing)}."]
     return lines + [""]

@@ -7,19 +7,28 @@ channels_last inputs (`--channels-last` training): the Triton kernels under each
 ("triton-nhwc-tiled" / "-copy" / "-strided") against eager on the same channels_last tensor.
 On CPU: tiny stand-ins, torch paths only (the Triton interpreter is not worth timing). Every benchmark checks
 what it timed against the reference. `bytes` = the minimal traffic of the op (see bench/FLOORS.md); the report
-derives GB/s and % of this run's copy bandwidth from it.
+derives GB/s and % of this run's copy bandwidth from it. On CUDA every timed call follows an L2 flush (a 256 MiB
+write, outside the timed interval): 1x256x180x320 and 16x256x64x64 in fp16 (~30 MB) would otherwise be read
+from the 50 MB L2 of an H100/H200 and overstate "% of copy bandwidth".
 """
 
 import pytest
 import torch
 from torch import nn
 
-from bench.timing import device, measure, on_gpu, tensor_bytes
+from bench import timing
+from bench.timing import device, on_gpu, tensor_bytes
 from deblurgan.config import CriticConfig
 from deblurgan.networks import Critic
 from kernels import instance_norm_act as ina
 from kernels.gradient_penalty import gradient_penalty, gradient_penalty_reference
 from kernels.instance_norm_act import instance_norm_act, instance_norm_act_reference
+
+
+def measure(benchmark, fn, **kwargs):
+    """bench.timing.measure with an L2 flush before every call (CUDA; a no-op on CPU)."""
+    return timing.measure(benchmark, fn, flush_l2=True, **kwargs)
+
 
 BACKENDS = ["eager", "compile", "triton"]
 # (shape, dtype, also under torch.compile): compile runs are limited to keep the GPU suite inside its time budget

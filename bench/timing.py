@@ -13,11 +13,15 @@ include the host launch overhead), and the device-side median from the events go
 `benchmark.extra_info["device_ms"]`. The report uses `device_ms` when present, else pytest-benchmark's median.
 On CPU there is nothing to synchronise: the wall clock is the measurement.
 
+`measure(..., flush_l2=True)` (the kernel suite) writes a 256 MiB buffer before every call, untimed by the
+events, so shapes that fit the GPU's L2 (50 MB on H100/H200) are not served from it, and the GPU is still busy
+with that write while the host launches the timed call (the event interval holds no launch gap).
 `measure` writes `extra_info["timing"]` last: an entry without it did not finish (bench/conftest.py drops those).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import platform
@@ -34,6 +38,8 @@ T = TypeVar("T")
 # Rounds after warm-up. Kept small on CPU so `pytest bench/ --benchmark-only` finishes in a few minutes on 2 cores.
 CPU_ROUNDS, CPU_WARMUP = 3, 1
 CUDA_ROUNDS, CUDA_WARMUP = 20, 5
+# Written before every timed call by measure(flush_l2=True): 5x the 50 MB L2 of an H100/H200
+L2_FLUSH_BYTES = 256 * 2**20
 
 
 def device() -> torch.device:
@@ -65,6 +71,17 @@ def sizes() -> dict[str, tuple[int, int]]:
 def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+@functools.cache
+def _l2_flush_buffer() -> torch.Tensor:
+    return torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+
+
+def l2_flush() -> None:
+    """Evict the GPU's L2 cache: enqueue a write of L2_FLUSH_BYTES (asynchronous; no-op without CUDA)."""
+    if torch.cuda.is_available():
+        _l2_flush_buffer().zero_()
 
 
 def time_cuda(fn: Callable[[], Any], warmup: int = 5, rep: int = 20) -> float:
@@ -146,6 +163,18 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def _then_flush_l2(setup: Callable[[], Any] | None) -> Callable[[], Any]:
+    """`setup` (if any), then an L2 flush: the last work queued before the timed call, so the GPU is still writing
+    the buffer while the host launches the call, and the call's start event is recorded when the flush is done."""
+
+    def run() -> Any:
+        out = setup() if setup is not None else None
+        l2_flush()
+        return out
+
+    return run
+
+
 def measure(
     benchmark: Any,
     fn: Callable[..., Any],
@@ -154,6 +183,7 @@ def measure(
     rounds: int | None = None,
     warmup: int | None = None,
     items: int = 1,
+    flush_l2: bool = False,
     **extra: Any,
 ) -> Any:
     """Time `fn` with pytest-benchmark (synchronised per call) and record device-side CUDA-event times.
@@ -163,12 +193,16 @@ def measure(
     "aoti", "onnxruntime", "tensorrt", "reference", ...), `shape`, `dtype`, `bytes` (minimal traffic:
     GB/s is derived), `flop`, `model`, `params`, `gflop_720p`. `items` = frames/crops per call (per-item ms).
     `setup` (optional) runs untimed before every round and may return `(args, kwargs)` for `fn`.
+    `flush_l2` (CUDA): write L2_FLUSH_BYTES before every call, after `setup` and outside the CUDA-event interval,
+    without waiting for it: the event times exclude the flush, pytest-benchmark's host times include its tail.
     `extra_info["timing"]` is written last, so its presence means the measurement finished.
     """
     cuda = on_gpu()
     rounds = rounds or (CUDA_ROUNDS if cuda else CPU_ROUNDS)
     warmup = warmup if warmup is not None else (CUDA_WARMUP if cuda else CPU_WARMUP)
     timer = _EventTimer(fn, cuda)
+    if cuda and flush_l2:
+        setup = _then_flush_l2(setup)
     if cuda:
         synchronize()
     result = benchmark.pedantic(timer, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
@@ -176,6 +210,8 @@ def measure(
     info.update({k: _jsonable(v) for k, v in extra.items()})
     info.setdefault("device", device().type)
     info["items"] = items
+    if cuda and flush_l2:
+        info["l2_flush_bytes"] = L2_FLUSH_BYTES
     if cuda and timer.pairs:
         times = timer.device_ms(rounds)
         info["device_ms"] = statistics.median(times)

@@ -106,6 +106,46 @@ def test_time_ms_measures_real_work() -> None:
     assert 15 < ms < 200
 
 
+def test_l2_flush_is_the_last_work_before_the_timed_call(monkeypatch) -> None:
+    from bench import timing
+
+    calls = []
+    monkeypatch.setattr(timing, "l2_flush", lambda: calls.append("flush"))
+    setup = timing._then_flush_l2(lambda: calls.append("setup") or ((1,), {}))
+    assert setup() == ((1,), {}) and calls == ["setup", "flush"]  # the user's setup and its (args, kwargs) survive
+    assert timing._then_flush_l2(None)() is None and calls[-1] == "flush"
+
+
+class _PedanticStub:
+    """The part of pytest-benchmark's fixture that `measure` uses: setup before every call, warm-up + timed rounds."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict = {}
+        self.stats = None
+
+    def pedantic(self, target, setup, rounds, warmup_rounds, iterations):
+        for _ in range(warmup_rounds + rounds):
+            setup()
+            out = target()
+        return out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_measure_l2_flush_stays_outside_the_events(monkeypatch) -> None:
+    from bench import timing
+
+    x = torch.randn(2**20, device="cuda")  # 4 MB: a few microseconds
+    real_flush, flushes = timing.l2_flush, []
+    monkeypatch.setattr(timing, "l2_flush", lambda: flushes.append(1) or real_flush())
+    stub = _PedanticStub()
+    timing.measure(stub, lambda: x.mul_(1.0), rounds=4, warmup=1, flush_l2=True)
+    assert len(flushes) == 5 and stub.extra_info["l2_flush_bytes"] == timing.L2_FLUSH_BYTES
+    # writing 256 MiB takes tens of microseconds: had it leaked into the event interval, device_ms would exceed it
+    flush_ms = timing.time_cuda(real_flush, warmup=2, rep=5)
+    assert stub.extra_info["device_ms"] < flush_ms, (stub.extra_info["device_ms"], flush_ms)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_time_cuda_scales_with_work() -> None:
@@ -314,6 +354,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_k_eager",
             "kernels",
             2.0,
+            l2_flush_bytes=2**28,
             case="in_relu fwd",
             backend="eager",
             shape=[1, 64, 720, 1280],
@@ -324,6 +365,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_k_compile",
             "kernels",
             1.0,
+            l2_flush_bytes=2**28,
             case="in_relu fwd",
             backend="compile",
             shape=[1, 64, 720, 1280],
@@ -334,6 +376,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_k_triton",
             "kernels",
             0.5,
+            l2_flush_bytes=2**28,
             case="in_relu fwd",
             backend="triton",
             shape=[1, 64, 720, 1280],
@@ -344,6 +387,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_k_other_dtype",
             "kernels",
             0.1,
+            l2_flush_bytes=2**28,
             case="in_relu fwd",
             backend="eager",
             shape=[1, 64, 720, 1280],
@@ -479,6 +523,8 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     assert "| blurred crops | - | - | engine | ~10.0 (0.625 / item, 1600 items/s) | - |" in md
     assert "| train b16 | 16×3×256×256 | bfloat16 | engine | 100 (6.25 / item, 160 items/s) | 3.00× |" in md
     assert "Not measured in this run: reference." in md  # data group lacks the reference loop
+    flush_note = "L2 flushed before every timed call (256 MiB written, outside the timed interval) in every row"
+    assert md.count(flush_note) == 1 and flush_note in md.split("## Kernels")[1].split("## Inference")[0]
 
 
 def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
