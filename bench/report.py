@@ -97,6 +97,15 @@ class Results:
         return row.extra.get("tflops") if row else None
 
 
+def dtype_label(row: Row) -> str:
+    """The row's dtype, with "(TF32 convs)" for float32 rows that ran where cuDNN may use TF32 (CUDA default)."""
+    return f"{row.dtype} (TF32 convs)" if row.dtype == "float32" and row.extra.get("tf32_convs") else row.dtype
+
+
+def _flag(value: Any) -> str:
+    return "not recorded" if value is None else "on" if value else "off"
+
+
 def _shape_str(shape: Any) -> str:
     if isinstance(shape, (list, tuple)):
         return "×".join(str(s) for s in shape)
@@ -254,6 +263,9 @@ def section_env(res: Results) -> list[str]:
         ("onnxruntime", env.get("onnxruntime", "unknown")),
         ("tensorrt", env.get("tensorrt", "unknown")),
     ]
+    if res.on_gpu:  # cuDNN / cuBLAS switches: they decide what "float32" and the conv algorithms were
+        flags = " / ".join(_flag(env.get(k)) for k in ("cudnn_benchmark", "cudnn_allow_tf32", "matmul_allow_tf32"))
+        items.append(("cudnn.benchmark / TF32 convs / TF32 matmul", flags))
     return lines + _table(["item", "value"], [[k, str(v)] for k, v in items]) + [""]
 
 
@@ -297,7 +309,8 @@ def _headline(rows: Sequence[Row], peers: Sequence[Row], full: bool) -> list[str
         where = "720p frame" if full else f"{'×'.join(_hw(p))} stand-in input, not a 720p frame"
         paper = f"; paper: {PAPER_MS['DeepDeblur'] / PAPER_MS['DeblurGAN']:.1f}×" if full else ""
         out += [
-            f"**This run: DeblurGAN is {p.ms_per_item / g.ms_per_item:.2f}× faster than DeepDeblur** (eager {p.dtype},"
+            f"**This run: DeblurGAN is {p.ms_per_item / g.ms_per_item:.2f}× faster than DeepDeblur** (eager"
+            f" {dtype_label(g)},"
             f" batch 1, {fmt_ms(g.ms_per_item)} vs {fmt_ms(p.ms_per_item)} ms per {where}){paper}.",
             "",
         ]
@@ -317,10 +330,9 @@ def section_models(res: Results) -> list[str]:
         gflop = r.extra.get("gflop_720p")
         params = r.extra.get("params")
         batch = r.shape.split("×")[0] if "×" in r.shape else "?"
-        tf32 = "/TF32" if r.extra.get("tf32_convs") else ""
         body.append(
             [
-                f"{r.extra['model']} ({r.backend}, {r.dtype}{tf32}, b{batch})",
+                f"{r.extra['model']} ({r.backend}, {dtype_label(r)}, b{batch})",
                 f"{params / 1e6:.2f} M" if params else "-",
                 f"{gflop:.0f}" if gflop else "-",
                 r.shape,
@@ -344,6 +356,8 @@ def section_models(res: Results) -> list[str]:
         f"(DeepDeblur) per GoPro frame on a Titan X, {PAPER_MS['DeepDeblur'] / PAPER_MS['DeblurGAN']:.1f}× (context "
         "only: other hardware, other frameworks).",
     ]
+    if any(dtype_label(r) != r.dtype for r in rows):
+        lines += ["float32 (TF32 convs): cuDNN was allowed to run these float32 convolutions in TF32 (CUDA default)."]
     if not full:
         lines += ["", "**Inputs are tiny stand-ins, not 720p frames: ms / frame here is not a 720p runtime.**"]
     return lines + [""]
@@ -356,7 +370,7 @@ def _generic_rows(
     body = []
     for r in sorted(rows, key=lambda r: (r.case, r.shape, r.dtype, r.backend)):
         gbps, tflops = r.extra.get("gbps"), r.extra.get("tflops")
-        cells = [r.case, r.shape, r.dtype, r.backend, ("~" if r.noisy else "") + fmt_ms(r.ms)]
+        cells = [r.case, r.shape, dtype_label(r), r.backend, ("~" if r.noisy else "") + fmt_ms(r.ms)]
         if r.items > 1:
             cells[-1] += f" ({fmt_ms(r.ms_per_item)} / item, {1e3 / r.ms_per_item:.4g} items/s)"
         if with_bw:
@@ -394,6 +408,8 @@ def section_group(res: Results, group: str) -> list[str]:
         "vs X = X's ms per item / this row's, same case and shape"
         + (" (any dtype: part of the backend)." if group in CROSS_DTYPE_GROUPS else " and dtype."),
     ]
+    if any(dtype_label(r) != r.dtype for r in rows):
+        lines += ["float32 (TF32 convs): cuDNN may run these float32 convolutions in TF32 (PyTorch's CUDA default)."]
     flushed = [r.extra["l2_flush_bytes"] for r in rows if r.extra.get("l2_flush_bytes")]
     if flushed:
         which = "every row" if len(flushed) == len(rows) else f"{len(flushed)} of {len(rows)} rows"

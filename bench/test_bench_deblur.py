@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.timing import device, measure, on_gpu, pick
+from bench.timing import device, measure, on_gpu, pick, tf32_convs
 from deblurgan.config import GeneratorConfig
 from deblurgan.inference import Deblurrer, TorchRunner, pad_to_multiple
 from deblurgan.io import _decode_png16, encode_png16
@@ -71,6 +71,7 @@ def test_bench_deblur_tiling(benchmark, mode: str) -> None:
         dtype="float32",
         tiles=len(plan.windows()) if plan else 1,
         overlap=plan.overlap if plan else 0,
+        tf32_convs=tf32_convs(),  # timed with PyTorch's defaults
     )
     assert torch.isfinite(y).all()
     if not exact:  # per-tile statistics: approximate, but far from the trivial bound of 2 in [-1, 1]

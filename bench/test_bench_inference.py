@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from bench.deepdeblur import count_flops
-from bench.timing import device, measure, on_gpu, pick, sizes
+from bench.timing import device, measure, on_gpu, pick, sizes, tf32_convs
 from deblurgan.config import GeneratorConfig
 from deblurgan.networks import Generator
 
@@ -164,6 +164,7 @@ def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None
         params=sum(p.numel() for p in generator().parameters()),
         full_size=FULL,
         threads=torch.get_num_threads(),
+        tf32_convs=backend == "eager" and tf32_convs(),  # torch's fp32 convs on CUDA (PyTorch's default)
     )
     ms = info.get("device_ms") or benchmark.stats.stats.median * 1e3
     info["ms_per_frame"] = ms / batch

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench import timing
-from bench.timing import device, on_gpu, tensor_bytes
+from bench.timing import device, on_gpu, tensor_bytes, tf32_convs
 from deblurgan.config import CriticConfig
 from deblurgan.networks import Critic
 from kernels import instance_norm_act as ina
@@ -249,5 +249,6 @@ def test_bench_critic_update_gp(benchmark, backend, mode):
     update()
     measure(
         benchmark, update, case=f"critic update + gp ({mode})", backend=backend, shape=[1, 3, size, size],
+        dtype=torch.float32, tf32_convs=tf32_convs(),  # the critic's fp32 convs may use TF32 on CUDA (the default)
         flop=12 * CRITIC_FWD_GFLOP_256 * 1e9 if on_gpu() else None,  # ~12 forward-equivalents, see FLOORS.md
     )  # fmt: skip

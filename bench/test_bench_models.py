@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.deepdeblur import DeepDeblur, count_flops
-from bench.timing import device, measure, on_gpu, pick, sizes, tensor_bytes
+from bench.timing import device, measure, on_gpu, pick, sizes, tensor_bytes, tf32_convs
 from deblurgan.networks import Generator, count_parameters
 
 MODELS = {"DeblurGAN": Generator, "DeepDeblur": DeepDeblur}
@@ -88,6 +88,6 @@ def test_bench_model_forward(benchmark, name: str, dtype: torch.dtype) -> None:
         shape=[1, 3, h, w],
         dtype=dtype,
         full_size=(h, w) == (720, 1280),
-        tf32_convs=on_gpu() and torch.backends.cudnn.allow_tf32,  # PyTorch's default for fp32 convs on CUDA
+        tf32_convs=tf32_convs(dtype),  # fp32 on CUDA: PyTorch's default lets cuDNN use TF32 (fp16 rows: False)
     )
     assert out.shape == x.shape and torch.isfinite(out).all()

@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from bench.timing import device, measure, on_gpu, pick
+from bench.timing import device, measure, on_gpu, pick, tf32_convs
 from deblurgan.vgg import vgg19_features
 from engine.config import make_config
 from engine.trainer import Trainer
@@ -65,13 +65,15 @@ def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -
     if on_gpu():
         torch.cuda.synchronize()
     benchmark.group = "train"
+    dtype = "bfloat16" if tr.cfg.amp == "bf16" else "float32"
     losses = measure(
         benchmark,
         lambda: tr.train_step(blur, sharp),
         case=f"train iteration b{batch} ({tr.cfg.optim.critic_updates} critic + 1 generator step)",
         backend=settings,
         shape=[batch, 3, crop, crop],
-        dtype="bfloat16" if tr.cfg.amp == "bf16" else "float32",
+        dtype=dtype,
+        tf32_convs=tf32_convs(dtype),  # eager fp32 on CUDA: cuDNN may use TF32 (PyTorch's default)
         items=batch,
         rounds=pick(cpu=None, cuda=10),
         warmup=pick(cpu=None, cuda=2),  # 6 cases must fit gpu_check.sh's budget for this suite

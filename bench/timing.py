@@ -73,6 +73,11 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def tf32_convs(dtype: torch.dtype | str = torch.float32) -> bool:
+    """True when float32 convolutions of this run may use TF32: on CUDA with cuDNN's allow_tf32 (PyTorch's default)."""
+    return on_gpu() and str(dtype).removeprefix("torch.") == "float32" and torch.backends.cudnn.allow_tf32
+
+
 @functools.cache
 def _l2_flush_buffer() -> torch.Tensor:
     return torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
@@ -191,7 +196,8 @@ def measure(
     Extra keyword arguments go to `benchmark.extra_info`; the report understands these keys:
     `case` (what is computed, e.g. "in_relu fwd"), `backend` ("eager", "compile", "triton", "engine",
     "aoti", "onnxruntime", "tensorrt", "reference", ...), `shape`, `dtype`, `bytes` (minimal traffic:
-    GB/s is derived), `flop`, `model`, `params`, `gflop_720p`. `items` = frames/crops per call (per-item ms).
+    GB/s is derived), `flop`, `model`, `params`, `gflop_720p`, `tf32_convs` (a float32 row whose convolutions
+    may run in TF32: see `tf32_convs()`). `items` = frames/crops per call (per-item ms).
     `setup` (optional) runs untimed before every round and may return `(args, kwargs)` for `fn`.
     `flush_l2` (CUDA): write L2_FLUSH_BYTES before every call, after `setup` and outside the CUDA-event interval,
     without waiting for it: the event times exclude the flush, pytest-benchmark's host times include its tail.
@@ -270,6 +276,10 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "full_size": full_size(),
+        # cuDNN / cuBLAS switches at the end of the run (PyTorch defaults: benchmark off, TF32 convs on, matmul off)
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     if os.environ.get("DEBLURGAN_COMMIT"):
         env["commit"] = os.environ["DEBLURGAN_COMMIT"]

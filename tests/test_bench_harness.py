@@ -106,6 +106,20 @@ def test_time_ms_measures_real_work() -> None:
     assert 15 < ms < 200
 
 
+def test_tf32_convs_only_for_float32_on_cuda_with_tf32_allowed(monkeypatch) -> None:
+    from bench import timing
+
+    monkeypatch.setattr(timing, "on_gpu", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert timing.tf32_convs() and timing.tf32_convs(torch.float32) and timing.tf32_convs("float32")
+    assert not timing.tf32_convs(torch.float16) and not timing.tf32_convs("bfloat16")
+    torch.backends.cudnn.allow_tf32 = False  # restored by monkeypatch
+    assert not timing.tf32_convs(torch.float32)
+    torch.backends.cudnn.allow_tf32 = True
+    monkeypatch.setattr(timing, "on_gpu", lambda: False)
+    assert not timing.tf32_convs(torch.float32)  # CPU convolutions never use TF32
+
+
 def test_l2_flush_is_the_last_work_before_the_timed_call(monkeypatch) -> None:
     from bench import timing
 
@@ -202,7 +216,10 @@ def test_benchmark_flag_runs_only_benchmarks(bench_run) -> None:
     info = bench["extra_info"]
     assert info["dtype"] == "float32" and info["shape"] == [1000] and info["gbps"] > 0
     assert info["timing"] == ("cuda-events" if on_gpu() else "host-clock")
-    assert data["machine_info"]["deblurgan"]["torch"] == torch.__version__
+    env = data["machine_info"]["deblurgan"]
+    assert env["torch"] == torch.__version__
+    assert env["cudnn_benchmark"] is torch.backends.cudnn.benchmark
+    assert env["cudnn_allow_tf32"] is torch.backends.cudnn.allow_tf32
 
 
 def test_benchmark_flag_without_pytest_benchmark_is_a_usage_error(bench_run) -> None:
@@ -297,6 +314,7 @@ def _bench(name: str, group: str, ms: float, **info) -> dict:
 
 def _synthetic(gpu: bool = True) -> dict:
     env = {"device": "cuda", "gpu_name": "NVIDIA H200", "driver": "580.1", "torch": "2.11.0", "triton": "3.6.0"}
+    env.update(cudnn_benchmark=False, cudnn_allow_tf32=True, matmul_allow_tf32=False)  # PyTorch's defaults
     if not gpu:
         env = {"device": "cpu", "cpu": "x86_64", "cpu_count": 2, "torch": "2.13.0"}
     s720 = [1, 3, 720, 1280]
@@ -398,6 +416,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_dd16",
             "models",
             1.0,
+            tf32_convs=True,  # as the models suite used to record for every dtype: not a float32 row, no TF32 label
             iqr_ms=0.9,  # host spread 90 %: ignored, the device-side timing has no iqr recorded
             device_ms=40.0,
             case="forward",
@@ -414,6 +433,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_inf_eager",
             "inference",
             21.0,
+            tf32_convs=True,
             case="generator 720p b1",
             backend="eager",
             shape=s720,
@@ -463,6 +483,7 @@ def _synthetic(gpu: bool = True) -> dict:
             "test_tr_e",
             "train",
             300.0,
+            tf32_convs=True,
             case="train b16",
             backend="eager",
             shape=[16, 3, 256, 256],
@@ -498,22 +519,27 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     md = _render(_synthetic(), tmp_path)
     assert md.startswith("# Benchmark report: NVIDIA H200")
     assert "| driver | 580.1 |" in md and "| triton | 3.6.0 |" in md and "| commit | abc123def4 |" in md
+    assert "| cudnn.benchmark / TF32 convs / TF32 matmul | off / on / off |" in md
     assert "4000 GB/s" in md and "700 TFLOP/s" in md
     # device_ms wins over the host median; DeepDeblur 80 ms / DeblurGAN 20 ms = 4x
-    assert "| DeblurGAN (eager, float32/TF32, b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.7 |" in md
+    row = "| DeblurGAN (eager, float32 (TF32 convs), b1) | 11.38 M | 1394 | 1×3×720×1280 | 20.0 | 4.00× | 69.7 |"
+    assert row in md
     assert "| DeepDeblur (eager, float32, b1) | 11.72 M | 9448 | 1×3×720×1280 | 80.0 | 1.00× | - |" in md
     assert "| DeblurGAN (eager, float32, b8) | 11.38 M | 1394 | 8×3×720×1280 | 10.0 | 8.00× |" in md  # per frame
     assert "tiny stand-ins" not in md
-    assert "**This run: DeblurGAN is 4.00× faster than DeepDeblur** (eager float32, batch 1, 20.0 vs 80.0 ms" in md
+    assert "**This run: DeblurGAN is 4.00× faster than DeepDeblur** (eager float32 (TF32 convs), batch 1, 20.0 vs" in md
     assert "faster than DeepDeblur** (eager float16" not in md  # no eager fp16 DeblurGAN row in this file
     assert "| device-to-device copy | 1024 MiB | 4000 GB/s (read + write) |" in md
-    assert "| DeepDeblur (eager, float16, b1) | 11.72 M | 9448 | 1×3×720×1280 | 40.0 | 1.00× | - |" in md
+    assert "| DeepDeblur (eager, float16, b1) | 11.72 M | 9448 | 1×3×720×1280 | 40.0 | 1.00× | - |" in md  # no TF32
+    assert "float32 (TF32 convs): cuDNN was allowed" in md.split("## Kernels")[0]
+    assert "float16 (TF32" not in md and "/TF32" not in md
     # the engine's 720p inference rows, vs DeepDeblur of the same dtype (40 ms fp16); eager fp32 b1 not repeated
     assert "| DeblurGAN (compile-fp16, float16, b1) | 11.38 M | 1394 | 1×3×720×1280 | 5.00 | 8.00× | - |" in md
     assert "| DeblurGAN (compile-fp16, float16, b8) | 11.38 M | 1394 | 8×3×720×1280 | 4.00 | 10.00× | - |" in md
     assert "| DeblurGAN (eager, float32, b1)" not in md and "generator 256" not in md.split("## Kernels")[0]
     # inference: backends carry their dtype, so the fp16 engine is compared with eager fp32 (21 ms / 5 ms)
     assert "| generator 720p b1 | 1×3×720×1280 | float16 | compile-fp16 | 5.00 | 4.20× | - |" in md
+    assert "| generator 720p b1 | 1×3×720×1280 | float32 (TF32 convs) | eager | 21.0 | 1.00× | - |" in md
     assert "Not measured in this run: eager-fp16, aoti, onnxruntime, tensorrt." in md
     # kernels: triton 0.5 ms vs eager 2 ms and compile 1 ms; 3000 / 4000 GB/s = 75 %
     assert "| in_relu fwd | 1×64×720×1280 | float16 | triton | 0.500 | 3000 | 75.0 % | 4.00× | 2.00× |" in md
@@ -522,6 +548,9 @@ def test_report_tables_and_ratios(tmp_path) -> None:
     assert "| in_relu fwd | 1×64×720×1280 | float32 | eager | 0.100 | - | - | 1.00× | - |" in md
     assert "| blurred crops | - | - | engine | ~10.0 (0.625 / item, 1600 items/s) | - |" in md
     assert "| train b16 | 16×3×256×256 | bfloat16 | engine | 100 (6.25 / item, 160 items/s) | 3.00× |" in md
+    assert "| train b16 | 16×3×256×256 | float32 (TF32 convs) | eager | 300 (18.8 / item, 53.33 items/s) |" in md
+    # kernels: no TF32-labelled row, so no TF32 footnote there
+    assert "TF32" not in md.split("## Kernels")[1].split("## Inference")[0]
     assert "Not measured in this run: reference." in md  # data group lacks the reference loop
     flush_note = "L2 flushed before every timed call (256 MiB written, outside the timed interval) in every row"
     assert md.count(flush_note) == 1 and flush_note in md.split("## Kernels")[1].split("## Inference")[0]
@@ -537,6 +566,7 @@ def test_report_cpu_run_and_missing_sections(tmp_path) -> None:
         b["extra_info"]["full_size"] = False
     md = _render(data, tmp_path)
     assert md.startswith("# Benchmark report: CPU only (x86_64, 2 cores)")
+    assert "cudnn.benchmark" not in md  # CUDA switches are not shown for a CPU run
     assert "say nothing" in md and "tiny stand-ins, not 720p frames" in md
     assert "| commit | 0123456789 (from DEBLURGAN_COMMIT) |" in md
     (headline,) = [line for line in md.splitlines() if line.startswith("**This run")]
