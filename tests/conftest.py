@@ -3,7 +3,21 @@ set before triton is first imported, so it is set here, for the whole test proce
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def full_fp32():
+    """CUDA float32 convolutions and matmuls without TF32 during the test (PyTorch's default lets cuDNN use TF32).
+
+    A context manager rather than monkeypatch: torch.backends.cuda.matmul has no real `allow_tf32` attribute, and
+    pytest 9.2's monkeypatch fails to restore it.
+    """
+    from deblurgan.precision import exact_fp32
+
+    with exact_fp32():
+        yield

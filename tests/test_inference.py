@@ -318,10 +318,8 @@ def test_tile_plan_geometry(size, tile, overlap):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_fp32_and_fp16_match_cpu(ckpt, monkeypatch):
+def test_cuda_fp32_and_fp16_match_cpu(ckpt, full_fp32):
     # full fp32 on the GPU: TF32 convolutions (PyTorch's default) alone can move outputs by 2 levels
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     img = RNG.integers(0, 256, (150, 190, 3), dtype=np.uint8)
     cpu = Deblurrer(ckpt).deblur(img).astype(int)
     assert np.abs(Deblurrer(ckpt, device="cuda").deblur(img).astype(int) - cpu).max() <= 1

@@ -127,11 +127,9 @@ def test_checkpoint_roundtrip_between_backends(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_full_size_networks_gpu(monkeypatch):
+def test_full_size_networks_gpu(full_fp32):
     """The authors' generator (11.4 M params) and critic at 256x256, both backends (full fp32: with TF32
     convolutions, PyTorch's default, rounding differences between the backends grow past these bounds)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     for cls, cfg_cls, cfg in [(Generator, GeneratorConfig, dict(dropout=0.0)), (Critic, CriticConfig, {})]:
         ref, fused = _pair(cls, cfg_cls, **cfg)
         x = torch.rand(2, 3, 256, 256, device=DEVICE) * 2 - 1

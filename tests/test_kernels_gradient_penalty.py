@@ -144,10 +144,8 @@ def test_bad_input_gives_clear_errors(kwargs, exc, match):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["sample", "pixel"])
 @pytest.mark.parametrize("b", [1, 4])
-def test_full_size_gpu(mode, b, monkeypatch):
+def test_full_size_gpu(mode, b, full_fp32):
     """The authors' critic (ndf 64, 3 layers) on 256x256 crops, fused IN inside (full fp32, not TF32)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     critic, twin = _critics("triton", ndf=64, n_layers=3)
     real, fake, eps = _images(b, 256, 256)
     if mode == "pixel":

@@ -341,9 +341,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run
         ({"amp": "bf16", "channels_last": True, "model": {"dropout": 0.0, "kernels": "auto"}}, 0.06),
     ],
 )
-def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol, monkeypatch) -> None:
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol, full_fp32) -> None:
     data = TinyPairs(2, size=64, seed=2)
     out = []
     for i, extra in enumerate([{}, switch]):
@@ -427,10 +425,8 @@ def _weights(module: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.gpu
 @cuda
-def test_cuda_graph_replay_matches_eager(vgg, tmp_path, monkeypatch) -> None:
+def test_cuda_graph_replay_matches_eager(vgg, tmp_path, full_fp32) -> None:
     # no dropout and no GP: nothing random, so eager and replayed iterations do the same arithmetic
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     data = TinyPairs(6, size=64, seed=2)
     deltas, losses = [], []
     for i, graph in enumerate([False, True]):
