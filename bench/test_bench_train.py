@@ -1,8 +1,9 @@
 """One full training iteration (1 generator forward, `critic_updates` critic steps with GP, 1 generator step with
 the VGG loss): eager defaults vs the engine's speed switches, at batch 1 and 16.
 
-CUDA: the paper's model and 256x256 crops; `engine` = bf16 autocast + channels_last + fused Adam + Triton kernels
-(kernels="auto"); `engine+graph` adds `cuda_graph` (the iteration captured once, then replayed: engine/graphed.py);
+CUDA: the paper's model and 256x256 crops; `eager` = PyTorch's defaults (fp32, NCHW, Adam, cudnn.benchmark off);
+`engine` = bf16 autocast + channels_last + fused Adam + Triton kernels (kernels="auto") + cudnn.benchmark;
+`engine+graph` adds `cuda_graph` (the iteration captured once, then replayed: engine/graphed.py);
 `engine+compile` adds torch.compile of the forwards and runs only with BENCH_TRAIN_COMPILE=1 (compiling the full
 generator and critic takes longer than bench/gpu_check.sh gives this suite).
 CPU: a tiny model and 32x32 crops, `engine` = channels_last only (bf16 and compile do not help there); these
@@ -39,8 +40,9 @@ def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
             over.update(amp="bf16")
             over["model"]["kernels"] = "auto"
             over["optim"] = {"fused_adam": True}
-    else:
+    else:  # plain PyTorch defaults
         over["optim"] = {"fused_adam": False}
+        over["cudnn_benchmark"] = False
     cfg = make_config("paper", [over])
     torch.manual_seed(0)
     vgg = vgg19_features()[:15].eval().requires_grad_(False)  # random weights: the cost is the same
@@ -82,6 +84,7 @@ def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -
             "channels_last": tr.cfg.channels_last,
             "compile": tr.cfg.compile,
             "cuda_graph": tr.cfg.cuda_graph,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "kernels": tr.cfg.model.kernels,
             "fused_adam": tr.cfg.optim.fused_adam and on_gpu(),
         },  # fmt: skip

@@ -83,6 +83,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     cuda_graph: bool = False  # capture the whole iteration once and replay it (CUDA, one process, no compile)
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN time its algorithms for the fixed crop size once, then reuse
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

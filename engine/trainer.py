@@ -232,6 +232,8 @@ class Trainer:
         self.rank, self.world, self.device = setup_distributed(cfg.device)
         if cfg.cuda_graph:
             _check_cuda_graph(self.device, self.world)
+        if self.device.type == "cuda":  # training crops have one size: cuDNN's autotuner pays off after a step
+            torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         torch.manual_seed(cfg.seed + self.rank)

@@ -364,6 +364,7 @@ def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol, full_fp32)
 def test_cuda_fit_with_all_switches_leaves_loadable_checkpoint(vgg, tmp_path) -> None:
     cfg = tiny_cfg(device="cuda", amp="bf16", channels_last=True, ema=0.9, max_steps=4, model={"kernels": "auto"})
     tr = Trainer(cfg, tmp_path / "run", TinyPairs(4), TinyPairs(1, seed=3), vgg=vgg, progress=False)
+    assert torch.backends.cudnn.benchmark is True  # the default on CUDA
     summary = tr.fit()
     assert summary["step"] == 4 and summary["val"]["psnr"] > 0
     gen = load_generator(tmp_path / "run" / "checkpoints" / "step_00000004.pt")
@@ -375,6 +376,13 @@ def test_cuda_fit_with_all_switches_leaves_loadable_checkpoint(vgg, tmp_path) ->
 # (tensor learning rates saved as floats, the resuming run's fused/capturable flags restored after loading).
 # GPU: replay agrees with eager, replays train, the LR schedule still applies, random numbers are fresh at each
 # replay, and a graph run resumes an eager checkpoint.
+def test_cudnn_benchmark_switch_leaves_cpu_runs_alone(vgg, tmp_path) -> None:
+    before = torch.backends.cudnn.benchmark
+    for value in (True, False):
+        tr = Trainer(tiny_cfg(cudnn_benchmark=value), tmp_path / f"r{value}", TinyPairs(2), vgg=vgg, progress=False)
+        assert tr.cfg.cudnn_benchmark is value and torch.backends.cudnn.benchmark is before
+
+
 def test_cuda_graph_without_cuda_is_a_clear_error(vgg, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeblurGANError, match="--cuda-graph needs a CUDA device"):
