@@ -631,7 +631,8 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            # on resume, TensorBoard hides what the interrupted run logged after the checkpoint (as the CSVs drop it)
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1 if self.step else None)
         except ImportError:
             print("TensorBoard logging is off (pip install tensorboard); CSV logs are in the run folder",
                   file=sys.stderr)  # fmt: skip

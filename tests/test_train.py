@@ -376,6 +376,25 @@ def test_cuda_fit_with_all_switches_leaves_loadable_checkpoint(vgg, tmp_path) ->
 # (tensor learning rates saved as floats, the resuming run's fused/capturable flags restored after loading).
 # GPU: replay agrees with eager, replays train, the LR schedule still applies, random numbers are fresh at each
 # replay, and a graph run resumes an eager checkpoint.
+def _tb_steps(run_dir, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_logs_and_resume_hides_what_the_interrupted_run_logged(vgg, tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(max_steps=4, save_every=2), run, TinyPairs(2), TinyPairs(1, seed=9), vgg=vgg, progress=False).fit()
+    assert _tb_steps(run, "train/loss_d") == [1, 2, 3, 4] and _tb_steps(run, "val/psnr")
+    (run / "checkpoints" / "step_00000004.pt").unlink()  # as if killed after logging step 4, before saving it
+    cfg = tiny_cfg(max_steps=6, save_every=2)
+    Trainer(cfg, run, TinyPairs(2), TinyPairs(1, seed=9), vgg=vgg, resume=True, progress=False).fit()
+    assert _tb_steps(run, "train/loss_d") == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 once, from the resumed run
+
+
 def test_cudnn_benchmark_switch_leaves_cpu_runs_alone(vgg, tmp_path) -> None:
     before = torch.backends.cudnn.benchmark
     for value in (True, False):
