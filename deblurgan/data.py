@@ -4,6 +4,7 @@ The contract the training engine calls:
 
     ds = build_dataset(spec, split="train", crop=256, seed=0)   # a torch Dataset, picklable
     item = ds[i]   # {"blur": FloatTensor 3xHxW in [-1, 1], "sharp": same shape, "path": str}
+    item = ds[(i, item_seed)]   # the same, with the training randomness fixed by item_seed (see Randomness)
     print(describe_dataset(ds))
 
 Spec grammar (`DeblurGANError` with a one-line message for anything else):
@@ -25,10 +26,13 @@ images of a pair; frames smaller than the crop are reflect-padded (not upscaled:
 size). `crop=None` keeps full frames. split="val" returns full frames with trailing rows/columns dropped to a
 multiple of 4, deterministically (synthetic val draws its kernel from (seed, index): the same every epoch).
 
-Randomness: each item seeds a numpy Generator from (seed, index) and, for training, one draw from torch's global
-RNG, so `torch.manual_seed` makes runs repeatable and DataLoader workers (which torch seeds per worker and epoch)
-never repeat each other. Missing partners are reported when the dataset is built; unreadable files and size
-mismatches when the item is read, always with the path, or all at once up front by `check_pairs(ds)`.
+Randomness: each item seeds a numpy Generator from (seed, index) and, for training, an item seed. `ds[i]` draws
+the item seed from torch's global RNG, so `torch.manual_seed` makes runs repeatable and DataLoader workers (which
+torch seeds per worker and epoch) never repeat each other. `ds[(i, item_seed)]` uses the given one instead: the
+training engine's sampler passes `item_seeds(run seed, epoch, n)[position]`, so an item's crop, flip and kernel
+depend on the seeds, the epoch and its position in the epoch only, never on the worker or process that loads it
+(a resumed run sees the same items). Missing partners are reported when the dataset is built; unreadable files and
+size mismatches when the item is read, always with the path, or all at once up front by `check_pairs(ds)`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,10 @@ __all__ = [
     "check_pairs",
     "describe_dataset",
     "gopro_pairs",
+    "item_seeds",
     "paired_folder_pairs",
+    "split_key",
+    "takes_item_seed",
 ]
 
 
@@ -81,10 +88,38 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1).mul(2).sub(1).contiguous()
 
 
-def _item_rng(seed: int, index: int, split: str) -> np.random.Generator:
-    if split == "val":
+# ----------------------------------------------------------------------------------------------- item seeds
+_ITEM_SEED_TAG = 0x17E35EED  # keeps the item-seed stream apart from other streams seeded by (seed, epoch)
+
+
+def item_seeds(seed: int, epoch: int, count: int) -> list[int]:
+    """The item seeds of positions 0..count-1 of an epoch: a function of (seed, epoch, position) only.
+
+    Raw PCG64 outputs, so position p gets the same seed whatever `count` is (a prefix of a longer list).
+    """
+    bits = np.random.PCG64([seed % 2**64, epoch, _ITEM_SEED_TAG]).random_raw(count)
+    return (bits >> np.uint64(1)).astype(np.int64).tolist()  # 63 bits: non-negative Python ints
+
+
+def split_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """(index, item_seed) of a dataset key: a plain index (item_seed None) or an (index, item_seed) pair."""
+    if isinstance(key, tuple):
+        index, item_seed = key
+        return int(index), int(item_seed)
+    return key, None
+
+
+def takes_item_seed(ds: Dataset) -> bool:
+    """Whether `ds[(index, item_seed)]` works: the datasets of this module (not torch's ConcatDataset/Subset)."""
+    return bool(getattr(ds, "takes_item_seed", False))
+
+
+def _item_rng(seed: int, index: int, split: str, item_seed: int | None = None) -> np.random.Generator:
+    if split == "val":  # deterministic: the same item every epoch, whatever seed the caller passes
         return np.random.default_rng([seed, index])
-    return np.random.default_rng([seed, index, int(torch.randint(0, 2**62, ()).item())])
+    if item_seed is None:
+        item_seed = int(torch.randint(0, 2**62, ()).item())
+    return np.random.default_rng([seed, index, item_seed])
 
 
 def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -144,6 +179,8 @@ def _check_crop(crop: int | None) -> None:
 class PairedDataset(Dataset):
     """(blurred file, sharp file) pairs read from disk."""
 
+    takes_item_seed = True
+
     def __init__(
         self, pairs: Sequence[tuple[Path, Path]], split: str = "train", crop: int | None = 256, seed: int = 0
     ) -> None:
@@ -157,7 +194,8 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, item_seed = split_key(key)
         bpath, spath = self.pairs[index]
         blur, sharp = to_rgb_float(read_image(bpath)), to_rgb_float(read_image(spath))
         if blur.shape != sharp.shape:
@@ -165,13 +203,15 @@ class PairedDataset(Dataset):
                 f"{bpath}: size {blur.shape[1]}x{blur.shape[0]} differs from its sharp partner "
                 f"{spath} ({sharp.shape[1]}x{sharp.shape[0]})"
             )
-        rng = _item_rng(self.seed, index, self.split)
+        rng = _item_rng(self.seed, index, self.split, item_seed)
         blur, sharp = _pair_transform(blur, sharp, self.split, self.crop, rng, str(bpath))
         return _item(blur, sharp, str(bpath))
 
 
 class AlignedDataset(Dataset):
     """The authors' "aligned" format: each file holds [blurred | sharp] side by side."""
+
+    takes_item_seed = True
 
     def __init__(self, files: Sequence[Path], split: str = "train", crop: int | None = 256, seed: int = 0) -> None:
         _check_split(split)
@@ -184,13 +224,14 @@ class AlignedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, item_seed = split_key(key)
         path = self.files[index]
         ab = to_rgb_float(read_image(path))
         if ab.shape[1] % 2:
             raise DeblurGANError(f"{path}: aligned image width {ab.shape[1]} is odd; expected [blurred | sharp] halves")
         half = ab.shape[1] // 2
-        rng = _item_rng(self.seed, index, self.split)
+        rng = _item_rng(self.seed, index, self.split, item_seed)
         blur, sharp = _pair_transform(ab[:, :half], ab[:, half:], self.split, self.crop, rng, str(path))
         return _item(blur, sharp, str(path))
 
@@ -301,6 +342,8 @@ class SyntheticDataset(Dataset):
     whole frame, then cropping.
     """
 
+    takes_item_seed = True
+
     def __init__(
         self,
         sources: Sequence[str | Path],
@@ -341,10 +384,11 @@ class SyntheticDataset(Dataset):
             return self._cache[source]
         return to_rgb_float(read_image(source))
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, item_seed = split_key(key)
         source = self.sources[index // self.per_image]
         sharp = self._sharp(source)
-        rng = _item_rng(self.seed, index, self.split)
+        rng = _item_rng(self.seed, index, self.split, item_seed)
         psfs = random_psfs(rng, 1, canvas=self.canvas, max_len=self.max_len, fractions=self.fractions)[0]
         psf = psfs[rng.integers(len(psfs))]
         if self.split == "val" or self.crop is None:
@@ -401,8 +445,11 @@ class CombinedDataset(Dataset):
 
     Indices follow a repeating pattern of sum(weights) slots, so every epoch has the exact ratio; the length is
     the smallest multiple of the pattern that visits every item of every part at least once (smaller parts
-    repeat). Shuffle in the DataLoader to spread the parts over batches.
+    repeat). Shuffle in the DataLoader to spread the parts over batches. An (index, item_seed) key passes the seed
+    on to its part (a part that takes none, e.g. a foreign dataset, gets the plain index).
     """
+
+    takes_item_seed = True
 
     def __init__(self, parts: Sequence[Dataset], weights: Sequence[int] | None = None) -> None:
         weights = list(weights) if weights is not None else [1] * len(parts)
@@ -427,9 +474,11 @@ class CombinedDataset(Dataset):
         inner = block * self.weights[part] + slot - self.starts[part]
         return part, inner % len(self.parts[part])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, item_seed = split_key(key)
         part, inner = self.locate(index)
-        return self.parts[part][inner]
+        ds = self.parts[part]
+        return ds[(inner, item_seed)] if item_seed is not None and takes_item_seed(ds) else ds[inner]
 
 
 # ----------------------------------------------------------------------------------------------- specs

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deblurgan.checkpoint import atomic_save, load_checkpoint, load_state_dict_strict, make_checkpoint
 from deblurgan.config import CriticConfig, GeneratorConfig, config_to_dict
+from deblurgan.data import item_seeds, takes_item_seed
 from deblurgan.errors import CheckpointError, DeblurGANError
 from deblurgan.fsutil import atomic_write_text
 from deblurgan.io import write_image
@@ -89,25 +90,31 @@ def zero_last_conv(gen: nn.Module) -> None:
             last.bias.zero_()
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(Sampler[int | tuple[int, int]]):
     """DistributedSampler's shuffling and sharding, plus a start offset so a resumed run skips what it has seen.
 
-    The permutation of epoch e depends only on (seed, e), so every rank and every resume agrees on it.
+    The permutation of epoch e depends only on (seed, e), so every rank and every resume agrees on it. With
+    `item_seeds` it yields (index, item_seed) pairs instead of indices (for datasets that `takes_item_seed`):
+    the seed of the item at position p of the padded, unsharded epoch is `deblurgan.data.item_seeds(seed, e,
+    ...)[p]`, so an item's random crop/flip/blur is the same whichever worker, rank or resumed run loads it.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, item_seeds: bool = False) -> None:
+        self.n, self.seed, self.rank, self.world, self.item_seeds = n, seed, rank, world, item_seeds
         self.epoch, self.start = 0, 0
         self.per_rank = math.ceil(n / world)
 
     def set_position(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         idx = torch.randperm(self.n, generator=g).tolist()
         idx += idx[: self.per_rank * self.world - self.n]  # pad to equal shards, as DistributedSampler does
-        return iter(idx[self.rank :: self.world][self.start :])
+        keys: list = idx
+        if self.item_seeds:  # the seed of a position, before sharding: the same on every rank and world size
+            keys = list(zip(idx, item_seeds(self.seed, self.epoch, len(idx)), strict=True))
+        return iter(keys[self.rank :: self.world][self.start :])
 
     def __len__(self) -> int:
         return self.per_rank - self.start
@@ -288,7 +295,9 @@ class Trainer:
         self.graphed = GraphedStep(self._step) if cfg.cuda_graph else None
 
         self.train_set, self.val_set = train_set, val_set
-        self.sampler = ResumableSampler(len(train_set), cfg.seed, self.rank, self.world)
+        # our datasets take their training randomness from the sampler (resumes are exact with workers); others
+        # get plain indices
+        self.sampler = ResumableSampler(len(train_set), cfg.seed, self.rank, self.world, takes_item_seed(train_set))
         self.steps_per_epoch = self.sampler.per_rank // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise DeblurGANError(

@@ -16,6 +16,9 @@ from deblurgan.data import (
     build_dataset,
     check_pairs,
     describe_dataset,
+    item_seeds,
+    split_key,
+    takes_item_seed,
 )
 from deblurgan.errors import DeblurGANError
 
@@ -292,3 +295,72 @@ def test_bad_blur_max_len_is_a_one_line_error(bad):
     with pytest.raises(DeblurGANError) as e:
         build_dataset(None, "val", blur_max_len=bad)
     assert "\n" not in str(e.value) and "max_len" in str(e.value)
+
+
+# --- item seeds: training randomness fixed by the caller (the engine's sampler), not by the loading worker ----------
+def _kinds(gopro, sharp_dir, tmp_path) -> dict:
+    rng = np.random.default_rng(9)
+    for i in range(3):
+        s = _rand(rng, 40, 36)
+        _save(tmp_path / "ab" / f"{i}.png", np.concatenate([255 - s, s], axis=1))
+    return {  # crops smaller than the frames, so windows, flips and (synthetic) kernels are all random
+        "paired": build_dataset(f"gopro:{gopro}", "train", crop=16, seed=3),
+        "aligned": build_dataset(f"aligned:{tmp_path / 'ab'}", "train", crop=16, seed=3),
+        "synthetic": build_dataset(f"synthetic:{sharp_dir}", "train", crop=24, seed=3, blur_max_len=8),
+        "combined": build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}@2:1", "train", crop=16, seed=3),
+    }
+
+
+def _same(a: dict, b: dict) -> bool:
+    return torch.equal(a["blur"], b["blur"]) and torch.equal(a["sharp"], b["sharp"]) and a["path"] == b["path"]
+
+
+def test_item_seeds_are_a_function_of_seed_epoch_and_position() -> None:
+    a = item_seeds(5, 2, 10)
+    assert a == item_seeds(5, 2, 10) and item_seeds(5, 2, 4) == a[:4]  # any count: a prefix
+    assert all(type(s) is int and 0 <= s < 2**63 for s in a) and len(set(a)) == 10
+    assert set(a).isdisjoint(item_seeds(5, 3, 10)) and set(a).isdisjoint(item_seeds(6, 2, 10))
+    assert split_key(4) == (4, None) and split_key((np.int64(4), 7)) == (4, 7)
+
+
+def test_seeded_items_are_the_same_in_any_process_or_worker(gopro, sharp_dir, tmp_path) -> None:
+    for name, ds in _kinds(gopro, sharp_dir, tmp_path).items():
+        assert takes_item_seed(ds), name
+        keys = list(zip(range(len(ds)), item_seeds(0, 1, len(ds)), strict=True))
+        torch.manual_seed(0)
+        here = [ds[k] for k in keys]
+        torch.manual_seed(1)  # torch's RNG (the main process's, or the workers') plays no part
+        assert all(_same(ds[k], h) for k, h in zip(keys, here, strict=True)), name
+        # in two worker processes, in two orders: keys land on other workers, at other places in their RNG streams
+        for shift in (0, 1):
+            order = keys[shift:] + keys[:shift]
+            loader = DataLoader(ds, batch_size=None, sampler=order, num_workers=2)
+            for k, item in zip(order, loader, strict=True):
+                assert _same(item, here[k[0]]), (name, k)
+
+
+def test_seeded_items_differ_between_epochs_and_plain_indices_follow_torch_rng(gopro, sharp_dir, tmp_path) -> None:
+    for name, ds in _kinds(gopro, sharp_dir, tmp_path).items():
+        n = len(ds)
+        epochs = [[ds[(i, s)] for i, s in enumerate(item_seeds(0, e, n))] for e in (0, 1)]
+        differ = sum(not _same(a, b) for a, b in zip(*epochs, strict=True))
+        assert differ >= n - 1, (name, differ)  # (two draws can pick the same crop of a small frame by chance)
+        assert all(a["path"] == b["path"] for a, b in zip(*epochs, strict=True))
+        # plain indices: today's behaviour, a draw from torch's global RNG per item
+        torch.manual_seed(0)
+        first = [ds[i] for i in range(n)]
+        torch.manual_seed(0)
+        assert all(_same(ds[i], f) for i, f in enumerate(first)), name
+        assert sum(not _same(ds[i], f) for i, f in enumerate(first)) >= n - 1, name  # the next draws: new items
+        # a plain shuffled DataLoader in a user's loop gets fresh randomness every epoch (same order here)
+        e0, e1 = (next(iter(DataLoader(ds, n, shuffle=True, generator=torch.Generator().manual_seed(1)))) for _ in "ab")
+        assert e0["path"] == e1["path"] and not torch.equal(e0["blur"], e1["blur"]), name
+
+
+def test_combined_passes_the_item_seed_to_its_part_and_val_ignores_it(gopro, sharp_dir) -> None:
+    ds = build_dataset(f"combined:synthetic:{sharp_dir}+gopro:{gopro}@2:1", "train", crop=16, seed=3)
+    for i, s in enumerate(item_seeds(4, 0, len(ds))):
+        part, inner = ds.locate(i)
+        assert _same(ds[(i, s)], ds.parts[part][(inner, s)])
+    val = build_dataset(f"synthetic:{sharp_dir}", "val", seed=3)
+    assert _same(val[(1, 123)], val[1]) and _same(val[(1, 456)], val[1])
