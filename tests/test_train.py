@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import time
 
 import numpy as np
 import pytest
@@ -416,6 +417,9 @@ def test_tensorboard_logs_and_resume_hides_what_the_interrupted_run_logged(vgg, 
     Trainer(tiny_cfg(max_steps=4, save_every=2), run, TinyPairs(2), TinyPairs(1, seed=9), vgg=vgg, progress=False).fit()
     assert _tb_steps(run, "train/loss_d") == [1, 2, 3, 4] and _tb_steps(run, "val/psnr")
     (run / "checkpoints" / "step_00000004.pt").unlink()  # as if killed after logging step 4, before saving it
+    # event files are read in name order, and names start with the creation second: a real resume comes later
+    # than the run it continues, so make sure this one does too (same-second names sort by a process counter)
+    time.sleep(1.05)
     cfg = tiny_cfg(max_steps=6, save_every=2)
     Trainer(cfg, run, TinyPairs(2), TinyPairs(1, seed=9), vgg=vgg, resume=True, progress=False).fit()
     assert _tb_steps(run, "train/loss_d") == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 once, from the resumed run
@@ -554,8 +558,6 @@ def random_items(tmp_path):
     return lambda: build_dataset(f"synthetic:{tmp_path / 'sharp'}", "train", crop=32, seed=0, blur_max_len=6)
 
 
-# Last in the file: the TensorBoard resume test above reads its two event files in name order, which puts a
-# same-second ".10" before ".9"; this test's SummaryWriters would move that test's writer counter onto that boundary.
 def test_resume_with_dataloader_workers_is_bit_identical(vgg, tmp_path, random_items) -> None:
     # two workers: after the resume the remaining items of the epoch land on other workers than in the full run;
     # their crops, flips and kernels must not depend on that
