@@ -12,7 +12,8 @@
 # Every phase has its own time limit, so a slow or hanging suite costs its own results only; its limit and exit
 # code appear in the report's run log. Limits (seconds) can be overridden: GPU_TESTS_S, GPU_TESTS_SLOW_S,
 # BENCH_S_<SUITE> (e.g. BENCH_S_INFERENCE=90), BUDGET_S (whole run, default 280). A larger BUDGET_S stretches every
-# phase limit in proportion (BUDGET_S=540: each phase gets 540/280 of its default), which is how to give
+# phase limit in proportion (BUDGET_S=540: each phase gets 540/280 of its limit, default or override: set one or
+# the other), which is how to give
 # compile-heavy phases room on a machine with time to spare; without CUDA every limit is multiplied by CPU_SCALE
 # (default 4). Exit status: 0 when every phase passed, 1 otherwise.
 set -uo pipefail
@@ -67,7 +68,11 @@ phase() {
 # --- environment -------------------------------------------------------------------------------------------------
 {
     echo "date: $(date -u +%FT%TZ)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo "${DEBLURGAN_COMMIT:-unknown} (no git)")$(git diff --quiet 2>/dev/null || echo ' (dirty?)')"
+    if git rev-parse HEAD >/dev/null 2>&1; then
+        echo "commit: $(git rev-parse HEAD)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+    else
+        echo "commit: ${DEBLURGAN_COMMIT:-unknown} (no git)"
+    fi
     echo "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1 || true)"
     "$PY" - <<'EOF'
 import json

@@ -231,7 +231,7 @@ def section_env(res: Results) -> list[str]:
     lines = [title(res), ""]
     if not res.on_gpu and env.get("full_size"):
         lines += [
-            "> **CPU run at full size** (`DEBLURGAN_BENCH_FULL=1`: 720p frames, 256² crops). These are CPU timings:",
+            "> **CPU run at full size** (`DEBLURGAN_BENCH_FULL=1`: 720p models and inference). These are CPU timings:",
             "> they say nothing about GPU speed. On a shared machine other jobs move them, ratios included;",
             "> rows marked ~ were unstable.",
             "",

@@ -35,7 +35,7 @@ import torch
 
 T = TypeVar("T")
 
-# Rounds after warm-up. Kept small on CPU so `pytest bench/ --benchmark-only` finishes in a few minutes on 2 cores.
+# Rounds after warm-up. Kept small on CPU so `pytest bench/ --benchmark-only` finishes in about a minute on 2 cores.
 CPU_ROUNDS, CPU_WARMUP = 3, 1
 CUDA_ROUNDS, CUDA_WARMUP = 20, 5
 # Written before every timed call by measure(flush_l2=True): 5x the 50 MB L2 of an H100/H200
@@ -57,7 +57,8 @@ def pick(cpu: T, cuda: T) -> T:
 
 
 def full_size() -> bool:
-    """Full sizes: on CUDA, or on CPU with DEBLURGAN_BENCH_FULL=1 (minutes per suite)."""
+    """Full sizes: on CUDA, or on CPU with DEBLURGAN_BENCH_FULL=1 (minutes per suite; the suites that size their
+    inputs through `sizes()` / `full_size()`: models and inference; the others use `pick` and stay tiny on CPU)."""
     return on_gpu() or os.environ.get("DEBLURGAN_BENCH_FULL") == "1"
 
 
