@@ -627,7 +627,8 @@ class Trainer:
             torch.manual_seed(self.cfg.seed + self.rank + 1000 * self.step)
         self.last_checkpoint = path
         if self.is_main:
-            for tmp in self.ckpt_dir.glob(".*.tmp"):  # half-written temp files of a killed run (never loaded)
+            # half-written temp files of a killed run (never loaded): fsutil names them .<stem>.<random>.tmp.pt
+            for tmp in self.ckpt_dir.glob(".*.tmp.pt"):
                 tmp.unlink(missing_ok=True)
             print(f"resumed from {path} (step {self.step}, epoch {self.epoch})", file=sys.stderr)
 

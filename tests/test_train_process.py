@@ -56,7 +56,7 @@ def test_sigkill_leaves_loadable_checkpoints_and_resume_continues(tmp_path) -> N
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    files = sorted((run / "checkpoints").glob("*.pt"))
+    files = sorted((run / "checkpoints").glob("[!.]*.pt"))  # visible files; a killed save leaves a hidden .tmp.pt
     assert len(files) >= 3
     steps = []
     for f in files:  # every visible checkpoint is complete (atomic writes; temp files are hidden .tmp names)
@@ -64,6 +64,8 @@ def test_sigkill_leaves_loadable_checkpoints_and_resume_continues(tmp_path) -> N
         steps.append(ckpt["train_state"]["step"])
         load_generator(f)
     newest = max(steps)
+    leftover = run / "checkpoints" / f".step_{newest + 1:08d}.x7k2q9.tmp.pt"  # as a kill during a save leaves it
+    leftover.write_bytes(b"half a checkpoint")
     res = subprocess.run(
         [sys.executable, "-m", "engine.train", "--resume", str(run), "--max-steps", str(newest + 2), "--no-progress"],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
@@ -73,7 +75,7 @@ def test_sigkill_leaves_loadable_checkpoints_and_resume_continues(tmp_path) -> N
     final = load_checkpoint(run / "checkpoints" / f"step_{newest + 2:08d}.pt")
     assert final["train_state"]["step"] == newest + 2
     assert (run / "metrics.json").is_file() and (run / "samples" / "latest.png").is_file()
-    assert not list((run / "checkpoints").glob(".*.tmp"))  # leftovers of the killed save are cleaned up
+    assert not leftover.exists() and not list((run / "checkpoints").glob(".*"))  # killed saves' leftovers removed
 
 
 DDP_SCRIPT = textwrap.dedent(
