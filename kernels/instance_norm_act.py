@@ -382,6 +382,22 @@ def _bwd_dx_kernel(
 # consecutive elements (coalesced), reducing over the pixel axis into per-channel partials. The partials are
 # written in the NCHW path's (N*C, K) layout, so the statistics (mean, rstd per (n, c)) mean the same in both.
 @_jit
+def _nhwc_program(C, BLOCK_C: tl.constexpr, REVERSE: tl.constexpr):
+    """(n, chunk k, channel offsets, channel mask) of this program in a (N * cdiv(C, BLOCK_C), chunks) grid.
+
+    REVERSE walks the grid backwards: a pass that re-reads what the previous pass read last finds it in L2."""
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    if REVERSE:
+        pid = tl.num_programs(0) - 1 - pid
+        k = tl.num_programs(1) - 1 - k
+    blocks = tl.cdiv(C, BLOCK_C)
+    n = pid // blocks
+    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, k, cs, cs < C
+
+
+@_jit
 def _nhwc_tile(n, cs, cmask, ps, HW, C):
     """(int64 element offsets, mask) of the [TILE_P, BLOCK_C] tile of pixels ps and channels cs of sample n."""
     off = n.to(tl.int64) * HW * C + ps.to(tl.int64)[:, None] * C + cs[None, :]
@@ -417,12 +433,7 @@ def _nhwc_stats_kernel(
     BLOCK_C: tl.constexpr,  # channels per program (tile columns)
     ACC: tl.constexpr,  # accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)
 ):
-    pid = tl.program_id(0)
-    k = tl.program_id(1)
-    blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // blocks
-    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cs < C
+    n, k, cs, cmask = _nhwc_program(C, BLOCK_C, False)
     start = k * CHUNK
     # Shifted data: x - (the chunk's first pixel), so that the lane means below stay near zero and their merge
     # does not sum TILE_P values of the size of the mean (the variance is shift-invariant).
@@ -495,13 +506,8 @@ def _nhwc_norm_act_kernel(
     BLOCK_C: tl.constexpr,  # channels per program
     ACC: tl.constexpr,  # accumulation dtype
 ):
-    # reverse of the statistics pass's launch order: the chunks it read last are likely still in L2
-    pid = tl.num_programs(0) - 1 - tl.program_id(0)
-    k = tl.num_programs(1) - 1 - tl.program_id(1)
-    blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // blocks
-    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cs < C
+    # the reverse of the statistics pass's launch order: the chunks it read last are likely still in L2
+    n, k, cs, cmask = _nhwc_program(C, BLOCK_C, True)
     mean = tl.load(MEAN + n * C + cs, mask=cmask, other=0.0)
     rstd = tl.load(RSTD + n * C + cs, mask=cmask, other=0.0)
     w, b = _nhwc_affine(W, B, cs, cmask, HAS_W, BLOCK_C, ACC)
@@ -547,12 +553,7 @@ def _nhwc_bwd_reduce_kernel(
     BLOCK_C: tl.constexpr,  # channels per program
     ACC: tl.constexpr,  # accumulation dtype
 ):
-    pid = tl.program_id(0)
-    k = tl.program_id(1)
-    blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // blocks
-    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cs < C
+    n, k, cs, cmask = _nhwc_program(C, BLOCK_C, False)
     mean = tl.load(MEAN + n * C + cs, mask=cmask, other=0.0)[None, :]
     rstd = tl.load(RSTD + n * C + cs, mask=cmask, other=0.0)[None, :]
     w, b = _nhwc_affine(W, B, cs, cmask, HAS_W, BLOCK_C, ACC)
@@ -590,13 +591,8 @@ def _nhwc_bwd_dx_kernel(
     BLOCK_C: tl.constexpr,  # channels per program
     ACC: tl.constexpr,  # accumulation dtype
 ):
-    # reverse of the reduction pass's launch order: the chunks it read last are likely still in L2
-    pid = tl.num_programs(0) - 1 - tl.program_id(0)
-    k = tl.num_programs(1) - 1 - tl.program_id(1)
-    blocks = tl.cdiv(C, BLOCK_C)
-    n = pid // blocks
-    cs = (pid % blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cs < C
+    # the reverse of the reduction pass's launch order: the chunks it read last are likely still in L2
+    n, k, cs, cmask = _nhwc_program(C, BLOCK_C, True)
     plane = n * C + cs
     mean = tl.load(MEAN + plane, mask=cmask, other=0.0)
     rstd = tl.load(RSTD + plane, mask=cmask, other=0.0)
