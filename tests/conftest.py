@@ -21,3 +21,18 @@ def full_fp32():
 
     with exact_fp32():
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint of a small generator (ngf 8, one block) with N(0, 0.2) weights: outputs visibly differ from
+    the input, unlike the paper's N(0, 0.02) init."""
+    from deblurgan import Generator, GeneratorConfig
+    from deblurgan.checkpoint import save_generator
+
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=1))
+    with torch.no_grad():
+        for p in g.parameters():
+            p.normal_(0, 0.2)
+    return save_generator(g, tmp_path_factory.mktemp("ck") / "g.pt")

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from deblurgan import Generator, GeneratorConfig
-from deblurgan.checkpoint import save_generator
 from deblurgan.inference import Deblurrer
 from deblurgan.io import read_image, write_image
 from engine.deblur import main
@@ -22,13 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    g = Generator(GeneratorConfig(ngf=8, n_blocks=1))
-    with torch.no_grad():
-        for p in g.parameters():
-            p.normal_(0, 0.2)
-    return save_generator(g, tmp_path_factory.mktemp("ck") / "g.pt")
+def ckpt(tiny_ckpt) -> Path:
+    return tiny_ckpt
 
 
 @pytest.fixture
