@@ -244,10 +244,9 @@ def test_launch_plan_channels_last():
 # with the 16-divisibility Triton gives C = 64 and aligned pointers at launch. No register spills, and the tile
 # loads and stores must come out as 128-bit vector accesses (coalesced rows of 8 fp16 per thread).
 _NHWC_COMPILE_SCRIPT = """
-import re, triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import triton.language as tl
 from kernels import instance_norm_act as ina
+from sm90 import compile_sm90
 
 tiles = dict(CHUNK=1024, TILE_P=16, BLOCK_C=64, ACC=tl.float32)
 cases = [
@@ -259,25 +258,10 @@ cases = [
     (ina._nhwc_bwd_dx_kernel, tiles | dict(HAS_W=False, ACT=True)),
 ]
 for fn, consts in cases:
-    sig = {}
-    for name in fn.arg_names:
-        if name in consts:
-            sig[name] = "constexpr"
-        elif name in ("slope", "eps"):
-            sig[name] = "fp32"
-        elif name.isupper() and name not in ("C", "HW", "K"):
-            sig[name] = "*fp16" if name in ("X", "Y", "DY", "DX") else "*fp32"
-        else:
-            sig[name] = "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if sig[a] in ("*fp16", "*fp32")}
-    attrs |= {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in ("C", "HW") if a in sig}
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-    ptx = k.asm["ptx"]
-    assert "ld.local" not in ptx, fn.__name__ + " spills registers to local memory"
-    if "X" in sig:
+    ptx = compile_sm90(fn, consts, aligned=True)
+    if "X" in fn.arg_names:
         assert "ld.global.v4" in ptx, fn.__name__ + " tile loads are not vectorised"
-    if "Y" in sig or "DX" in sig:
+    if "Y" in fn.arg_names or "DX" in fn.arg_names:
         assert "st.global.v4" in ptx, fn.__name__ + " tile stores are not vectorised"
     print("ok", fn.__name__)
 """
@@ -285,17 +269,9 @@ for fn, consts in cases:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the other tests compile and run the kernels")
 def test_tiled_kernels_compile_for_sm90_vectorised():
-    import subprocess
-    import sys
+    from sm90 import run_script
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-c", _NHWC_COMPILE_SCRIPT]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("triton's bundled ptxas is not available")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok ") == 6
+    assert run_script(_NHWC_COMPILE_SCRIPT).count("ok ") == 6
 
 
 def test_matches_torch_modules():
