@@ -112,19 +112,27 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if changed:
         print(f"note: not the paper's training recipe: {'; '.join(changed)} (see docs/training.md)", file=sys.stderr)
 
+    import torch
+
     from deblurgan.vgg import load_vgg19_features
 
     from .trainer import Trainer  # heavy imports after the config checks
 
     vgg, vgg_source = load_vgg19_features(cfg.loss.vgg_weights)
     train_set, val_set = load_datasets(cfg)
-    trainer = Trainer(
-        cfg, run_dir, train_set, val_set, resume=resume_dir is not None, vgg=vgg, vgg_source=vgg_source,
-        progress=not args.no_progress,
-    )  # fmt: skip
-    if trainer.is_main:
-        save_yaml(cfg, run_dir / "config.yaml")
-    summary = trainer.fit()
+    try:
+        trainer = Trainer(
+            cfg, run_dir, train_set, val_set, resume=resume_dir is not None, vgg=vgg, vgg_source=vgg_source,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        if trainer.is_main:
+            save_yaml(cfg, run_dir / "config.yaml")
+        summary = trainer.fit()
+    finally:
+        # torchrun: leave the process group before the interpreter shuts down; otherwise gloo's worker threads can
+        # abort the process at exit ("terminate called without an active exception", pytorch/pytorch#190489)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if trainer.is_main and "seconds" in summary:
         val = summary.get("val") or {}
         msg = f"done: step {summary['step']}, {summary['seconds']:.0f}s"

@@ -114,6 +114,7 @@ DDP_SCRIPT = textwrap.dedent(
     state.update({{"ema." + k: v for k, v in tr.ema.state_dict().items()}})
     torch.save({{"state": state, "seen": seen, "world": tr.world, "rng": torch.get_rng_state()}},
                os.path.join(out, f"rank{{tr.rank}}.pt"))
+    torch.distributed.destroy_process_group()  # as engine.train does: gloo may abort at exit otherwise
     """
 )
 
