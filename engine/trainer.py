@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import io
 import json
 import math
 import os
@@ -568,7 +567,10 @@ class Trainer:
         Every rank must call it at the same points (`fit` does: the step counts agree on all ranks): the ranks'
         RNG states are gathered first, so that a resume with the same world size restores each rank's own.
         """
-        rng_ranks = _gather_states(_rng_state(self.device), self.device) if self.world > 1 else None
+        rng_ranks = None
+        if self.world > 1:
+            rng_ranks = [None] * self.world
+            torch.distributed.all_gather_object(rng_ranks, _rng_state(self.device))
         if not self.is_main:
             return None
         is_best = val is not None and val["psnr"] > self.best_psnr
@@ -755,29 +757,6 @@ def _truncate_csv(path: Path, names: list[str], max_step: int) -> None:
     w.writeheader()
     w.writerows(keep)
     atomic_write_text(path, buf.getvalue())
-
-
-def _gather_states(state: dict, device: torch.device) -> list[dict]:
-    """Every rank's `state` (tensors and plain values), indexed by rank: serialized, gathered as byte tensors.
-
-    Not `all_gather_object`: with gloo it left a rank aborting at interpreter exit ("terminate called without an
-    active exception") in about one run in ten here; plain tensor all_gathers did not (0 in 14).
-    """
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    dev = device if device.type == "cuda" else torch.device("cpu")  # NCCL gathers CUDA tensors, gloo CPU ones
-    data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).to(dev)
-    world = torch.distributed.get_world_size()
-    size = torch.tensor([data.numel()], dtype=torch.int64, device=dev)
-    sizes = [torch.empty_like(size) for _ in range(world)]
-    torch.distributed.all_gather(sizes, size)
-    n = int(max(s.item() for s in sizes))
-    padded = torch.zeros(n, dtype=torch.uint8, device=dev)
-    padded[: data.numel()] = data
-    chunks = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(chunks, padded)
-    return [torch.load(io.BytesIO(c[: int(s.item())].cpu().numpy().tobytes()), weights_only=True)
-            for c, s in zip(chunks, sizes, strict=True)]  # fmt: skip
 
 
 def _rng_state(device: torch.device | None = None) -> dict:
