@@ -532,11 +532,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def checkpoint(self, rng_ranks: list[dict] | None = None) -> dict:
-        """The checkpoint dict; `rng_ranks`: every rank's RNG state (indexed by rank) in a multi-process run (see
-        `save`), else this process's state alone."""
-        if rng_ranks is None:
-            rng_ranks = [_rng_state(self.device)]
+    def checkpoint(self) -> dict:
         train_state = {
             "step": self.step,
             "epoch": self.epoch,
@@ -546,8 +542,7 @@ class Trainer:
             "opt_d": plain_lrs(self.opt_d.state_dict()),
             "sched_g": plain_lrs(self.sched_g.state_dict()),
             "sched_d": plain_lrs(self.sched_d.state_dict()),
-            "rng": rng_ranks[0],  # rank 0's: what a single-process run restores
-            "rng_ranks": rng_ranks,  # a multi-process run resumed with the same world size restores rank r's
+            "rng": _rng_state(),
             "best_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None,
             "best_step": self.best_step,
         }
@@ -562,21 +557,13 @@ class Trainer:
         return make_checkpoint(self.gen, **extra)
 
     def save(self, val: dict | None = None) -> Path | None:
-        """Write step_N.pt atomically (rank 0), keep the newest `keep_last`, update best.pt on a better PSNR.
-
-        Every rank must call it at the same points (`fit` does: the step counts agree on all ranks): the ranks'
-        RNG states are gathered first, so that a resume with the same world size restores each rank's own.
-        """
-        rng_ranks = None
-        if self.world > 1:
-            rng_ranks = [None] * self.world
-            torch.distributed.all_gather_object(rng_ranks, _rng_state(self.device))
+        """Write step_N.pt atomically (rank 0), keep the newest `keep_last`, update best.pt on a better PSNR."""
         if not self.is_main:
             return None
         is_best = val is not None and val["psnr"] > self.best_psnr
         if is_best:
             self.best_psnr, self.best_step = val["psnr"], self.step
-        ckpt = self.checkpoint(rng_ranks)
+        ckpt = self.checkpoint()
         path = atomic_save(ckpt, self.ckpt_dir / f"step_{self.step:08d}.pt")
         self.last_checkpoint = path
         if is_best:
@@ -615,15 +602,9 @@ class Trainer:
             self.batch_in_epoch = 0
         self.best_psnr = ts["best_psnr"] if ts.get("best_psnr") is not None else -math.inf
         self.best_step = ts.get("best_step", -1)
-        same_world = ts.get("world_size", 1) == self.world
-        if same_world and self.world == 1:
+        if ts.get("world_size", 1) == self.world and self.rank == 0:
             _set_rng_state(ts["rng"])
-        elif same_world and len(ts.get("rng_ranks", [])) == self.world:  # each rank continues its own streams
-            _set_rng_state(ts["rng_ranks"][self.rank], self.device)
-        else:
-            # Another world size (or a checkpoint older than "rng_ranks"): the saved states do not map onto these
-            # ranks, so every rank reseeds deterministically; the run goes on, but not bit-identical to an
-            # uninterrupted one (the data order and item randomness still are: they depend on positions only).
+        else:  # other ranks (or a different world size) reseed deterministically
             torch.manual_seed(self.cfg.seed + self.rank + 1000 * self.step)
         self.last_checkpoint = path
         if self.is_main:
@@ -759,9 +740,7 @@ def _truncate_csv(path: Path, names: list[str], max_step: int) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _rng_state(device: torch.device | None = None) -> dict:
-    """This process's RNG states as tensors and plain types (`weights_only` loads them); with a CUDA `device`,
-    also that device's own state under "cuda_device" (what a rank of a multi-process run restores)."""
+def _rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -773,20 +752,13 @@ def _rng_state(device: torch.device | None = None) -> dict:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if device is not None and device.type == "cuda":
-        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict, device: torch.device | None = None) -> None:
-    """Restore `_rng_state`'s states. Without `device`, every CUDA device's (one process owns them all); with a
-    CUDA `device` (one rank of several), only that device's own state, leaving the other ranks' devices alone."""
+def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     keys = state["numpy_keys"].numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
     random.setstate((3, tuple(state["python"].tolist()), state["python_gauss"]))
-    if device is not None:
-        if device.type == "cuda" and "cuda_device" in state:
-            torch.cuda.set_rng_state(state["cuda_device"], device)
-    elif "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
