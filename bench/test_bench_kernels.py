@@ -93,18 +93,25 @@ def test_bench_in_relu_fwd_bwd(benchmark, shape, dtype, backend):
     benchmark.group = "kernels"
     x = _input(shape, dtype).requires_grad_(True)
     dy = _input(shape, dtype, seed=1)
-    fn = _in_relu(backend, shape[1])
+    _check_and_time_fwd_bwd(benchmark, _in_relu(backend, shape[1]), x, dy, "in_relu fwd+bwd", backend, dtype)
+
+
+def _check_and_time_fwd_bwd(benchmark, fn, x, dy, case, backend, dtype, channels_last=False):
+    """dx of IN+ReLU checked against the reference (and its layout, for the Triton channels_last paths), then
+    forward+backward timed."""
 
     def step():
         (dx,) = torch.autograd.grad(fn(x), x, dy)
         return dx
 
     dx = step()
+    if channels_last and backend != "eager":
+        assert dx.is_contiguous(memory_format=torch.channels_last)
     (dx_ref,) = torch.autograd.grad(instance_norm_act_reference(x.float()), x, dy.float())
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(dx.float(), dx_ref.float(), atol=atol, rtol=rtol)
     measure(
-        benchmark, step, case="in_relu fwd+bwd", backend=backend, shape=shape, dtype=dtype,
+        benchmark, step, case=case, backend=backend, shape=list(x.shape), dtype=dtype,
         bytes=5 * tensor_bytes(x),  # floor: fwd reads x, writes y; bwd reads x and dy, writes dx
     )  # fmt: skip
 
@@ -163,21 +170,7 @@ def test_bench_in_relu_nhwc_fwd_bwd(benchmark, monkeypatch, shape, dtype, backen
     x = _channels_last_input(shape, dtype).requires_grad_(True)
     dy = _channels_last_input(shape, dtype, seed=1)  # as a channels_last network's next layer hands it back
     fn = _in_relu_nhwc(backend, shape[1], monkeypatch)
-
-    def step():
-        (dx,) = torch.autograd.grad(fn(x), x, dy)
-        return dx
-
-    dx = step()
-    if backend != "eager":
-        assert dx.is_contiguous(memory_format=torch.channels_last)
-    (dx_ref,) = torch.autograd.grad(instance_norm_act_reference(x.float()), x, dy.float())
-    atol, rtol = TOL[dtype]
-    torch.testing.assert_close(dx.float(), dx_ref.float(), atol=atol, rtol=rtol)
-    measure(
-        benchmark, step, case="in_relu fwd+bwd channels_last", backend=backend, shape=shape, dtype=dtype,
-        bytes=5 * tensor_bytes(x),  # floor: fwd reads x, writes y; bwd reads x and dy, writes dx
-    )  # fmt: skip
+    _check_and_time_fwd_bwd(benchmark, fn, x, dy, "in_relu fwd+bwd channels_last", backend, dtype, channels_last=True)
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])  # torch.compile does not trace double backward
