@@ -1,7 +1,8 @@
-"""Image and video IO: every mode, 16-bit PNG (our codec vs independent encoders/decoders), bad files."""
+"""Image and video IO: every mode and depth round-trips exactly, 16-bit PNG vs a spec-written encoder, bad files."""
 
 from __future__ import annotations
 
+import io
 import struct
 import sys
 import zlib
@@ -68,6 +69,31 @@ def naive_png(image: np.ndarray, filters: list[int], colour: int, idat_parts: in
     )
 
 
+_ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+
+
+def naive_png_interlaced(image: np.ndarray, colour: int) -> bytes:
+    """Adam7: seven sub-images (x0, y0, dx, dy), each filtered with Paeth; empty passes have no rows."""
+    h, w = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    raw = bytearray()
+    for x0, y0, dx, dy in _ADAM7:
+        sub = image[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        prev = bytes(sub.shape[1] * 2 * channels)
+        for y in range(sub.shape[0]):
+            row = b"".join(struct.pack(">H", int(v)) for v in sub[y].reshape(-1))
+            raw += bytes([4]) + _filter_row(4, row, prev, 2 * channels)
+            prev = row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b"")
+
+
 @pytest.mark.parametrize("ftype", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("channels,colour", [(3, 2), (4, 6)])
 def test_png16_decoder_each_filter(tmp_path, ftype, channels, colour):
@@ -91,13 +117,41 @@ def test_png16_decoder_mixed_filters_gray_and_gray_alpha(tmp_path):
     np.testing.assert_array_equal(out[..., 3], la[..., 1])
 
 
-@pytest.mark.parametrize("shape", [(13, 11, 3), (8, 9, 4), (7, 5)])
-def test_png16_roundtrip(tmp_path, shape):
-    img = rand(shape, np.uint16)
-    path = write_image(tmp_path / "x.png", img)
-    out = read_image(path)
-    assert out.dtype == np.uint16
+def test_png16_decoder_interlaced(tmp_path):
+    img = rand((11, 13, 3), np.uint16)
+    (tmp_path / "i.png").write_bytes(naive_png_interlaced(img, colour=2))
+    np.testing.assert_array_equal(read_image(tmp_path / "i.png"), img)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(13, 11), (13, 11, 3), (8, 9, 4), (1, 1, 3), (300, 257, 4)])
+def test_roundtrip_every_mode_and_depth(tmp_path, shape, dtype):
+    img = rand(shape, dtype)
+    out = read_image(write_image(tmp_path / "x.png", img))
+    assert out.dtype == dtype and out.shape == img.shape
     np.testing.assert_array_equal(out, img)
+
+
+@pytest.mark.parametrize("shape", [(13, 11), (13, 11, 3), (8, 9, 4)])
+def test_png16_keeps_the_low_byte(tmp_path, shape):
+    """Guards against 16 -> 8 bit truncation anywhere on the way (PIL's own 16-bit colour path does it)."""
+    img = (rand(shape, np.uint16) | 1).astype(np.uint16)  # every sample has low-byte content
+    out = read_image(write_image(tmp_path / "x.png", img))
+    assert out.dtype == np.uint16
+    assert (out & 0xFF).any(), "low bytes lost: 16-bit truncated to 8-bit"
+    np.testing.assert_array_equal(out, img)
+
+
+def test_gray_alpha_read_as_rgba(tmp_path):
+    la8 = rand((6, 5, 2))
+    Image.fromarray(la8, mode="LA").save(tmp_path / "la8.png")
+    la16 = rand((6, 5, 2), np.uint16)
+    (tmp_path / "la16.png").write_bytes(naive_png(la16, [0, 2], colour=4))
+    for name, la in (("la8.png", la8), ("la16.png", la16)):
+        out = read_image(tmp_path / name)
+        assert out.shape == (6, 5, 4) and out.dtype == la.dtype
+        np.testing.assert_array_equal(out[..., :3], np.repeat(la[..., :1], 3, axis=2))
+        np.testing.assert_array_equal(out[..., 3], la[..., 1])
 
 
 def test_png16_written_file_is_valid_for_pil(tmp_path):
@@ -107,6 +161,10 @@ def test_png16_written_file_is_valid_for_pil(tmp_path):
     with Image.open(tmp_path / "x.png") as im:
         assert im.size == (12, 10)
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), (img >> 8).astype(np.uint8))
+    gray = rand((10, 12), np.uint16)
+    write_image(tmp_path / "g.png", gray)
+    with Image.open(tmp_path / "g.png") as im:  # 16-bit gray: PIL decodes it exactly
+        np.testing.assert_array_equal(np.asarray(im, dtype=np.uint16), gray)
 
 
 def test_png16_gray_from_pil_encoder(tmp_path):
@@ -121,19 +179,19 @@ def test_encode_png16_rejects_bad_input():
         encode_png16(rand((4, 4, 3)))  # uint8
     with pytest.raises(DeblurGANError):
         encode_png16(rand((4, 4, 2), np.uint16))
+    assert encode_png16(rand((4, 4, 1), np.uint16))[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("shape", [(9, 7), (9, 7, 3), (9, 7, 4)])
-def test_8bit_modes_roundtrip(tmp_path, shape):
-    img = rand(shape)
-    out = read_image(write_image(tmp_path / "x.png", img))
-    assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out, img)
-
-
-def test_hxwx1_written_as_gray(tmp_path):
-    img = rand((6, 5, 1))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_hxwx1_written_as_gray(tmp_path, dtype):
+    img = rand((6, 5, 1), dtype)
     np.testing.assert_array_equal(read_image(write_image(tmp_path / "x.png", img)), img[:, :, 0])
+
+
+@pytest.mark.parametrize("ext", [".tif", ".bmp", ".ppm"])
+def test_8bit_other_formats_roundtrip(tmp_path, ext):
+    img = rand((9, 7, 3))
+    np.testing.assert_array_equal(read_image(write_image(tmp_path / f"x{ext}", img)), img)
 
 
 def test_16bit_colour_only_png(tmp_path):
@@ -154,12 +212,14 @@ def test_missing_and_not_an_image(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_truncated_png(tmp_path, dtype):
+@pytest.mark.parametrize("keep", [0.5, -40, 40])
+def test_truncated_png(tmp_path, dtype, keep):
     path = write_image(tmp_path / "x.png", rand((40, 40, 3), dtype))
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DeblurGANError, match=str(path.name)):
+    path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])  # -40: into the image data
+    with pytest.raises(DeblurGANError, match=str(path.name)) as e:
         read_image(path)
+    assert "\n" not in str(e.value)
 
 
 def test_truncated_jpeg(tmp_path):
@@ -171,12 +231,28 @@ def test_truncated_jpeg(tmp_path):
 
 
 def test_png16_bad_crc(tmp_path):
-    path = write_image(tmp_path / "x.png", rand((8, 8, 3), np.uint16))
+    path = write_image(tmp_path / "x.png", rand((32, 32, 3), np.uint16))
     data = bytearray(path.read_bytes())
-    data[45] ^= 0xFF  # inside the IDAT body
-    path.write_bytes(bytes(data))
-    with pytest.raises(DeblurGANError, match="CRC"):
-        read_image(path)
+    start = data.index(b"IDAT") + 4
+    (length,) = struct.unpack(">I", data[start - 8 : start - 4])
+    for pos, match in ((start + length // 2, "x.png"), (start + length, "CRC")):  # in the body; in the CRC
+        bad = data.copy()
+        bad[pos] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        with pytest.raises(DeblurGANError, match=match) as e:
+            read_image(path)
+        assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_png16_corrupt_and_not_16bit(tmp_path):
+    from deblurgan.io import _decode_png16
+
+    with pytest.raises(DeblurGANError, match="bad.png"):
+        _decode_png16(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "bad.png")
+    buf = io.BytesIO()
+    Image.fromarray(rand((4, 4, 3))).save(buf, format="PNG")
+    with pytest.raises(DeblurGANError, match="not a 16-bit PNG"):
+        _decode_png16(buf.getvalue(), "x.png")
 
 
 def test_write_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -192,6 +268,23 @@ def test_write_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(read_image(path), old)
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temp file left behind
+
+
+def test_png16_write_is_atomic_on_failure(tmp_path, monkeypatch):
+    import imagecodecs
+
+    old = rand((5, 5, 3), np.uint16)
+    path = write_image(tmp_path / "x.png", old)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(imagecodecs, "png_encode", boom)
+    with pytest.raises(OSError):
+        write_image(path, rand((5, 5, 3), np.uint16))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_image(path), old)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
 
 
 def test_write_rejects_bad_arrays(tmp_path):
