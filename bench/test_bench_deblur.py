@@ -91,7 +91,7 @@ def test_bench_png16_codec(benchmark) -> None:
         rounds=3,
         warmup=1,
         case="png16 encode+decode 512x512x3",
-        backend="numpy+zlib",
+        backend="libpng (imagecodecs)",
         bytes=2 * img.nbytes,
     )
     np.testing.assert_array_equal(out, img)
