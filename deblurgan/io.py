@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -134,11 +133,22 @@ def iter_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 # zlib level 1, RLE, Sub (OpenCV's settings per imagecodecs' docs); timed against zlib defaults in docs/deblur.md.
-_PNG16_ENCODE = {
-    "level": imagecodecs.PNG.COMPRESSION.SPEED,
-    "strategy": imagecodecs.PNG.STRATEGY.RLE,
-    "filter": imagecodecs.PNG.FILTER.SUB,
-}
+def _imagecodecs():
+    """imagecodecs, imported on first 16-bit PNG (8-bit images and other formats need only PIL)."""
+    try:
+        import imagecodecs
+    except ImportError:
+        raise DeblurGANError("16-bit PNG needs the imagecodecs package: pip install imagecodecs") from None
+    return imagecodecs
+
+
+def _png16_encode_options() -> dict:
+    codecs = _imagecodecs()
+    return {
+        "level": codecs.PNG.COMPRESSION.SPEED,
+        "strategy": codecs.PNG.STRATEGY.RLE,
+        "filter": codecs.PNG.FILTER.SUB,
+    }
 
 
 def _png_header(path: Path) -> tuple[int, int, int] | None:
@@ -166,8 +176,9 @@ def read_png16(path: str | os.PathLike) -> np.ndarray:
 
 
 def _decode_png16(data: bytes, path: str | os.PathLike) -> np.ndarray:
+    codecs = _imagecodecs()
     try:
-        img = imagecodecs.png_decode(data)
+        img = codecs.png_decode(data)
     except Exception as e:  # imagecodecs.PngError (libpng's message), ValueError for non-PNG data
         raise DeblurGANError(f"{path}: corrupt or truncated PNG ({_first_line(e)})") from None
     if img.dtype != np.uint16:
@@ -191,4 +202,4 @@ def encode_png16(image: np.ndarray) -> bytes:
         image = image[:, :, 0]
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
         raise DeblurGANError(f"cannot write a 16-bit PNG of shape {image.shape} (HxW, HxWx3 or HxWx4)")
-    return bytes(imagecodecs.png_encode(np.ascontiguousarray(image), **_PNG16_ENCODE))
+    return bytes(_imagecodecs().png_encode(np.ascontiguousarray(image), **_png16_encode_options()))

@@ -379,3 +379,19 @@ def test_above_pils_default_bomb_limit(tmp_path):
     with pytest.raises(Image.DecompressionBombError):
         Image.open(tmp_path / "big.png")
     assert read_image(tmp_path / "big.png").shape == (12000, 15000)
+
+
+def test_without_imagecodecs_8bit_works_and_16bit_says_what_to_install(tmp_path, monkeypatch):
+    """imagecodecs is imported on first 16-bit PNG only: machines without it still read and write 8-bit images."""
+    rng = np.random.default_rng(7)
+    im8 = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    im16 = rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    write_image(tmp_path / "b.png", im16)
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import now raises ImportError
+    write_image(tmp_path / "a.png", im8)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), im8)
+    with pytest.raises(DeblurGANError, match="pip install imagecodecs"):
+        read_image(tmp_path / "b.png")
+    with pytest.raises(DeblurGANError, match="pip install imagecodecs"):
+        write_image(tmp_path / "c.png", im16)
+    assert not (tmp_path / "c.png").exists()
