@@ -20,9 +20,8 @@ from bench import timing
 from bench.timing import device, on_gpu, tensor_bytes, tf32_convs
 from deblurgan.config import CriticConfig
 from deblurgan.networks import Critic
-from kernels import instance_norm_act as ina
 from kernels.gradient_penalty import gradient_penalty, gradient_penalty_reference
-from kernels.instance_norm_act import instance_norm_act, instance_norm_act_reference
+from kernels.instance_norm import instance_norm_act, instance_norm_act_reference, plan
 
 
 def measure(benchmark, fn, **kwargs):
@@ -137,7 +136,7 @@ def _in_relu_nhwc(backend, channels, monkeypatch):
         return nn.Sequential(nn.InstanceNorm2d(channels), nn.ReLU())
     if not on_gpu():
         pytest.skip("triton kernels are benchmarked on CUDA only (CPU runs the interpreter)")
-    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", backend.removeprefix("triton-nhwc-"))
+    monkeypatch.setattr(plan, "CHANNELS_LAST_MODE", backend.removeprefix("triton-nhwc-"))
     return lambda x: instance_norm_act(x)
 
 

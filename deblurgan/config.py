@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-KERNEL_BACKENDS = ("torch", "triton", "auto")
+KERNEL_IMPLS = ("torch", "triton", "auto")  # the IN+activation implementations ("kernels")
+KERNEL_BACKENDS = KERNEL_IMPLS  # the former name
 
 
 @dataclass
@@ -43,8 +44,8 @@ class CriticConfig:
 def _check(cfg: Any) -> None:
     if cfg.norm != "instance":
         raise ValueError(f"norm must be 'instance' (got {cfg.norm!r})")
-    if cfg.kernels not in KERNEL_BACKENDS:
-        raise ValueError(f"kernels must be one of {KERNEL_BACKENDS} (got {cfg.kernels!r})")
+    if cfg.kernels not in KERNEL_IMPLS:
+        raise ValueError(f"kernels must be one of {KERNEL_IMPLS} (got {cfg.kernels!r})")
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if f.type == "int" and (not isinstance(v, int) or v < 1):

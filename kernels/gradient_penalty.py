@@ -5,14 +5,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable
 
 import torch
 
+from ._triton import check_runnable, device_guard, tl, triton
 from ._triton import jit as _jit
-from ._triton import tl, triton
 
 GP_MODES = ("sample", "pixel")
 
@@ -24,6 +22,13 @@ def draw_eps(batch: int, mode: str, device: torch.device, dtype: torch.dtype = t
     if mode == "pixel":
         return torch.rand(1, 1, 1, 1, device=device, dtype=dtype).expand(batch, 1, 1, 1)
     raise ValueError(f"mode must be one of {GP_MODES} (got {mode!r})")
+
+
+def _check_pair(real: torch.Tensor, fake: torch.Tensor, mode: str) -> None:
+    if mode not in GP_MODES:
+        raise ValueError(f"mode must be one of {GP_MODES} (got {mode!r})")
+    if real.shape != fake.shape:
+        raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
 
 
 def gradient_penalty_reference(
@@ -40,12 +45,9 @@ def gradient_penalty_reference(
     mode 'pixel': the authors' code, norm over channels at every pixel (`gradients.norm(2, dim=1)`).
     The result is differentiable w.r.t. the critic's parameters (double backward).
     """
-    if real.shape != fake.shape:
-        raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
+    _check_pair(real, fake, mode)
     if eps is None:
         eps = draw_eps(real.shape[0], mode, real.device, real.dtype)
-    elif mode not in GP_MODES:
-        raise ValueError(f"mode must be one of {GP_MODES} (got {mode!r})")
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
@@ -58,7 +60,7 @@ def gradient_penalty_reference(
 
 # ================================================================================ Triton path
 # The interpolation and the penalty reduction (and its backward) are fused kernels; the critic in between
-# runs whatever it is built with (with kernels='triton' its IN layers use kernels.instance_norm_act, whose
+# runs whatever it is built with (with kernels='triton' its IN layers use kernels.instance_norm, whose
 # backward is itself differentiable, so the double backward runs through the fused IN kernels too).
 
 _BLOCK = 1024  # elements per program (interpolation, sample-mode reduction, backward)
@@ -73,7 +75,7 @@ def _lerp_kernel(
     EPS,  # (B,) interpolation weight of each sample
     OUT,  # (B, L) out: eps*real + (1-eps)*fake
     L,  # elements per sample
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per program
 ):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -91,7 +93,7 @@ def _sumsq_kernel(
     PART,  # fp32 (B, K) out: sum of squares of each block of L
     L,  # elements per sample
     K,  # blocks per sample
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per program
 ):
     b = tl.program_id(0)
     k = tl.program_id(1)
@@ -134,7 +136,7 @@ def _penalty_bwd_kernel(
     L,  # elements per sample (C*H*W)
     HW,  # pixels per sample
     PIXEL: tl.constexpr,  # per-pixel norms ('pixel' mode)
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per program
 ):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -149,16 +151,6 @@ def _penalty_bwd_kernel(
     coef = tl.where(norm > 0, (norm - 1.0) / tl.where(norm > 0, norm, 1.0), 0.0)
     dg = tl.load(SCALE) * coef * g
     tl.store(DG + base + offs, dg.to(DG.dtype.element_ty), mask=mask)
-
-
-def _check_triton(t: torch.Tensor) -> None:
-    if triton is None:
-        raise RuntimeError("gradient_penalty needs the `triton` package (use gradient_penalty_reference)")
-    if t.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            f"gradient_penalty runs on CUDA tensors (got a {t.device.type} tensor); use gradient_penalty_reference, "
-            "or set TRITON_INTERPRET=1 before importing triton"
-        )
 
 
 @torch.library.custom_op("deblurgan_kernels::gp_interpolate", mutates_args=())
@@ -252,22 +244,18 @@ def gradient_penalty(
     Returns an fp32 scalar, differentiable w.r.t. the critic's parameters. `eps` (B, 1, 1, 1) makes it
     reproducible; None draws one per sample ('sample') or one per batch ('pixel').
     """
-    if mode not in GP_MODES:
-        raise ValueError(f"mode must be one of {GP_MODES} (got {mode!r})")
-    if real.shape != fake.shape:
-        raise ValueError(f"real and fake shapes differ: {tuple(real.shape)} vs {tuple(fake.shape)}")
+    _check_pair(real, fake, mode)
     if real.dim() != 4:
         raise ValueError(f"gradient_penalty expects (B, C, H, W) images, got shape {tuple(real.shape)}")
     if real.dtype not in _GP_DTYPES or fake.dtype != real.dtype:
         raise TypeError(f"gradient_penalty expects real and fake of one float dtype, got {real.dtype}, {fake.dtype}")
-    _check_triton(real)
+    check_runnable(real, "gradient_penalty", "gradient_penalty_reference")
     b = real.shape[0]
     if eps is None:
         eps = draw_eps(b, mode, real.device, real.dtype)  # as the reference draws it
     elif tuple(eps.shape) != (b, 1, 1, 1):
         raise ValueError(f"eps must have shape ({b}, 1, 1, 1), got {tuple(eps.shape)}")
-    guard = torch.cuda.device(real.device) if real.is_cuda else contextlib.nullcontext()
-    with guard:  # Triton launches on the current CUDA device, which need not be the tensors'
+    with device_guard(real):
         x_hat = gp_interpolate(real.detach(), fake.detach(), eps.detach()).requires_grad_(True)
         scores = critic(x_hat)
         (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)

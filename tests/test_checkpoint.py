@@ -1,6 +1,7 @@
 """Checkpoints: our format round-trips, the authors' release loads, bad files fail loudly, writes are atomic."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from deblurgan.checkpoint import (
     atomic_save,
     load_checkpoint,
     load_generator,
+    load_state_dict_strict,
     make_checkpoint,
     save_generator,
 )
@@ -96,7 +98,7 @@ def test_kernels_override_keeps_weights(tmp_path):
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda sd: sd.pop("model.1.weight"), "missing"),
+        (lambda sd: sd.pop("model.1.weight"), r"1 missing, e\.g\. \['model\.1\.weight'\]; 0 unexpected"),
         (lambda sd: sd.__setitem__("model.99.weight", torch.randn(3)), "unexpected"),
         (lambda sd: sd.__setitem__("model.1.weight", torch.randn(8, 3, 3, 3)), "shape"),
     ],
@@ -111,10 +113,26 @@ def test_partial_or_wrong_state_dict_is_an_error(tmp_path, mutate, match):
 
 def test_our_format_with_wrong_weights_is_an_error(tmp_path):
     ckpt = make_checkpoint(_random_gen())
-    ckpt["generator"].pop(sorted(ckpt["generator"])[-1])
+    key = sorted(ckpt["generator"])[-1]
+    ckpt["generator"].pop(key)
     torch.save(ckpt, tmp_path / "g.pt")
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(CheckpointError, match=re.escape(f"1 missing, e.g. ['{key}']")) as info:
         load_generator(tmp_path / "g.pt")
+    assert str(tmp_path / "g.pt") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_strict_loading_names_missing_keys():
+    """A state dict lacking keys (nothing unexpected) fails through the one-line CheckpointError naming them."""
+    gen = _random_gen()
+    state = dict(gen.state_dict())
+    missing = [k for k in state if k.endswith(".bias")][:2]
+    for k in missing:
+        del state[k]
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_strict(_random_gen(seed=1), state, "where.pt")
+    msg = str(info.value)
+    assert msg.startswith("where.pt: weights do not match the model") and "\n" not in msg
+    assert f"{len(missing)} missing" in msg and all(repr(k) in msg for k in missing) and "0 unexpected" in msg
 
 
 def test_full_size_model_refuses_small_weights(tmp_path):

@@ -1,5 +1,6 @@
-"""The kernels backend switch: generator and critic built with 'torch' and 'triton' agree (outputs, gradients,
-state dicts, a few WGAN-GP training steps). CPU runs use the Triton interpreter, so the networks are tiny."""
+"""The kernels switch (torch | triton | auto): generator and critic built with 'torch' and 'triton' agree
+(outputs, gradients, state dicts, a few WGAN-GP training steps). CPU runs use the Triton interpreter, so the
+networks are tiny."""
 
 import os
 
@@ -14,18 +15,18 @@ from torch import nn  # noqa: E402
 pytest.importorskip("triton")
 
 from deblurgan.config import CriticConfig, GeneratorConfig  # noqa: E402
-from deblurgan.layers import resolve_backend  # noqa: E402
+from deblurgan.layers import resolve_kernels  # noqa: E402
 from deblurgan.networks import Critic, Generator  # noqa: E402
 from kernels.gradient_penalty import gradient_penalty, gradient_penalty_reference  # noqa: E402
-from kernels.instance_norm_act import InstanceNormAct  # noqa: E402
+from kernels.instance_norm import InstanceNormAct  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-GEN = dict(ngf=4, n_blocks=2, dropout=0.0)  # dropout off: both backends must see the same network
+GEN = dict(ngf=4, n_blocks=2, dropout=0.0)  # dropout off: both implementations must see the same network
 CRIT = dict(ndf=4, n_layers=2)
 
 
 def _pair(cls, cfg_cls, **cfg):
-    """(torch-backend module, triton-backend module) with identical weights."""
+    """(module with kernels="torch", module with kernels="triton"), identical weights."""
     torch.manual_seed(0)
     ref = cls(cfg_cls(kernels="torch", **cfg)).to(DEVICE)
     with torch.no_grad():  # larger than the 0.02 init so that differences would show
@@ -42,14 +43,24 @@ def _assert_close_scaled(a, b, rel=1e-4):
         torch.testing.assert_close(x, y, atol=rel * scale, rtol=1e-3)
 
 
-def test_resolve_backend(monkeypatch):
-    assert resolve_backend("torch") == "torch"
-    assert resolve_backend("triton") == "triton"
-    assert resolve_backend("auto", "cuda") == "triton"
+def test_resolve_kernels(monkeypatch):
+    from kernels import triton_runs_on
+
+    assert resolve_kernels("torch") == "torch"
+    assert resolve_kernels("triton") == "triton"
+    assert resolve_kernels("auto", "cuda") == "triton" and triton_runs_on("cuda")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_kernels("auto", "cpu") == "torch" and not triton_runs_on("cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert resolve_backend("auto", "cpu") == "triton"
+    assert resolve_kernels("auto", "cpu") == "triton" and triton_runs_on("cpu")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        resolve_kernels("backend")
+
+
+def test_former_names_still_work():
+    from deblurgan import config, layers
+
+    assert layers.resolve_backend is resolve_kernels and config.KERNEL_BACKENDS is config.KERNEL_IMPLS
 
 
 def test_fused_layers_replace_every_instance_norm():
@@ -77,7 +88,7 @@ def test_same_outputs_and_gradients(cls, cfg_cls, cfg, size):
 
 
 def test_training_steps_agree():
-    """Three WGAN-GP steps (critic with GP, then generator) with Adam: both backends track each other."""
+    """Three WGAN-GP steps (critic with GP, then generator) with Adam: both implementations track each other."""
     g_ref, g_fused = _pair(Generator, GeneratorConfig, **GEN)
     d_ref, d_fused = _pair(Critic, CriticConfig, **CRIT)
     runs = {
@@ -113,7 +124,7 @@ def test_training_steps_agree():
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
 
 
-def test_checkpoint_roundtrip_between_backends(tmp_path):
+def test_checkpoint_roundtrip_between_kernels(tmp_path):
     from deblurgan.checkpoint import load_generator, save_generator
 
     ref, _ = _pair(Generator, GeneratorConfig, **GEN)
@@ -128,8 +139,8 @@ def test_checkpoint_roundtrip_between_backends(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_full_size_networks_gpu(full_fp32):
-    """The authors' generator (11.4 M params) and critic at 256x256, both backends (full fp32: with TF32
-    convolutions, PyTorch's default, rounding differences between the backends grow past these bounds)."""
+    """The authors' generator (11.4 M params) and critic at 256x256, both implementations (full fp32: with TF32
+    convolutions, PyTorch's default, rounding differences between the two grow past these bounds)."""
     for cls, cfg_cls, cfg in [(Generator, GeneratorConfig, dict(dropout=0.0)), (Critic, CriticConfig, {})]:
         ref, fused = _pair(cls, cfg_cls, **cfg)
         x = torch.rand(2, 3, 256, 256, device=DEVICE) * 2 - 1
@@ -147,10 +158,19 @@ _NO_TRITON_SCRIPT = """
 import sys
 sys.modules["triton"] = None  # import triton now raises ImportError
 import torch
-from deblurgan.layers import resolve_backend
+from deblurgan.layers import resolve_kernels
+from kernels import triton_runs_on
 from kernels.gradient_penalty import gradient_penalty
-from kernels.instance_norm_act import InstanceNormAct, instance_norm_act
-assert resolve_backend("auto", "cuda") == "torch"
+from kernels.instance_norm import InstanceNormAct, instance_norm_act
+from kernels.instance_norm_act import InstanceNormAct as Alias
+assert Alias is InstanceNormAct
+assert resolve_kernels("auto", "cuda") == "torch" and not triton_runs_on("cuda")
+try:
+    gradient_penalty(lambda x: x.sum(), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4))
+except RuntimeError as e:
+    assert "triton" in str(e), e
+else:
+    raise AssertionError("no error without triton")
 layer = InstanceNormAct(2)
 try:
     layer(torch.randn(1, 2, 3, 3))
@@ -178,23 +198,24 @@ def test_importable_without_triton():
 # Every kernel is also compiled for sm_90 without a GPU (tests/sm90.py): a compile error or a register spill fails CI.
 _COMPILE_SCRIPT = """
 import triton.language as tl
-from kernels import gradient_penalty as gp, instance_norm_act as ina
+from kernels import gradient_penalty as gp
+from kernels.instance_norm import double_backward as dbwd, nchw
 from sm90 import compile_sm90
 
 DATA = {"X", "Y", "DY", "DX", "DDX", "DDY_OUT", "DX_OUT", "REAL", "FAKE", "OUT", "G", "DG"}
 fused = dict(HAS_W=True, ACT=True, BLOCK=4096, ACC=tl.float32)
 chunked = dict(HAS_W=True, ACT=True, CHUNK=65536, TILE=1024, ACC=tl.float32)
 cases = [
-    (ina._fwd_fused_kernel, fused, 8),
-    (ina._fwd_fused_kernel, fused | dict(HAS_W=False, ACC=tl.float64), 8),
-    (ina._stats_kernel, dict(CHUNK=65536, TILE=1024, ACC=tl.float32), 4),
-    (ina._norm_act_kernel, chunked | dict(BLOCK_K=16), 4),
-    (ina._bwd_fused_kernel, fused, 8),
-    (ina._bwd_reduce_kernel, chunked, 4),
-    (ina._bwd_dx_kernel, chunked | dict(BLOCK_K=16), 4),
-    (ina._dbwd_fused_kernel, fused, 8),
-    (ina._dbwd_reduce_kernel, chunked, 4),
-    (ina._dbwd_apply_kernel, chunked | dict(BLOCK_K=16), 4),
+    (nchw._fwd_fused_kernel, fused, 8),
+    (nchw._fwd_fused_kernel, fused | dict(HAS_W=False, ACC=tl.float64), 8),
+    (nchw._stats_kernel, dict(CHUNK=65536, TILE=1024, ACC=tl.float32), 4),
+    (nchw._norm_act_kernel, chunked | dict(BLOCK_K=16), 4),
+    (nchw._bwd_fused_kernel, fused, 8),
+    (nchw._bwd_reduce_kernel, chunked, 4),
+    (nchw._bwd_dx_kernel, chunked | dict(BLOCK_K=16), 4),
+    (dbwd._dbwd_fused_kernel, fused, 8),
+    (dbwd._dbwd_reduce_kernel, chunked, 4),
+    (dbwd._dbwd_apply_kernel, chunked | dict(BLOCK_K=16), 4),
     (gp._lerp_kernel, dict(BLOCK=1024), 4),
     (gp._sumsq_kernel, dict(BLOCK=1024), 4),
     (gp._pixel_norm_kernel, dict(C=3, BLOCK=256), 4),

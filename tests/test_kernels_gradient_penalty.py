@@ -1,7 +1,8 @@
 """kernels.gradient_penalty (Triton interpolation + penalty reduction) vs gradient_penalty_reference.
 
 Compared: the penalty and its gradients w.r.t. the critic's parameters (what training uses), in both modes,
-with a small real DeblurGAN critic built with each IN backend. CPU runs use the Triton interpreter.
+with a small real DeblurGAN critic built with each IN implementation (kernels='torch' / 'triton'). CPU runs use
+the Triton interpreter.
 """
 
 import os
@@ -18,6 +19,7 @@ pytest.importorskip("triton")
 from deblurgan.config import CriticConfig  # noqa: E402
 from deblurgan.networks import Critic  # noqa: E402
 from kernels.gradient_penalty import (  # noqa: E402
+    draw_eps,
     gp_interpolate,
     gradient_penalty,
     gradient_penalty_reference,
@@ -82,16 +84,33 @@ def test_matches_reference(mode, b, h, w, kernels):
     _assert_grads_close(_param_grads(gp, critic), _param_grads(gp_ref, twin))
 
 
+def _own_eps(b, mode, seed):
+    """The interpolation weights drawn here, not by draw_eps: b of them ('sample'), one for the batch ('pixel')."""
+    torch.manual_seed(seed)
+    return torch.rand(b if mode == "sample" else 1, 1, 1, 1, device=DEVICE).expand(b, 1, 1, 1)
+
+
+@pytest.mark.parametrize("fn", [gradient_penalty, gradient_penalty_reference])
 @pytest.mark.parametrize("mode", ["sample", "pixel"])
-def test_drawn_eps_matches_reference(mode):
-    """eps=None draws like the reference (one per sample / one per batch) from the same generator."""
+def test_drawn_eps_one_per_sample_or_one_per_batch(mode, fn):
+    """eps=None gives the penalty of eps drawn by the test itself from the same seed (its own draw, so that one
+    eps shared by the whole batch in 'sample' mode cannot pass by being drawn the same way on both sides)."""
     critic, twin = _critics("torch")
     real, fake, _ = _images(3, 8, 8)
     torch.manual_seed(123)
-    gp = gradient_penalty(critic, real, fake, 10.0, mode)
-    torch.manual_seed(123)
-    gp_ref = gradient_penalty_reference(twin, real, fake, 10.0, mode)
+    gp = fn(critic, real, fake, 10.0, mode)
+    gp_ref = gradient_penalty_reference(twin, real, fake, 10.0, mode, _own_eps(3, mode, 123))
     torch.testing.assert_close(gp, gp_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_eps():
+    """One uniform weight per sample in 'sample' mode (all different), one for the whole batch in 'pixel' mode."""
+    torch.manual_seed(5)
+    eps = draw_eps(4, "sample", torch.device(DEVICE))
+    assert eps.shape == (4, 1, 1, 1) and eps.unique().numel() == 4 and ((eps >= 0) & (eps < 1)).all()
+    torch.testing.assert_close(eps, _own_eps(4, "sample", 5))
+    eps = draw_eps(4, "pixel", torch.device(DEVICE))
+    assert eps.shape == (4, 1, 1, 1) and eps.unique().numel() == 1
 
 
 # (dtype, atol): the interpolation is computed in fp32 and rounded once
@@ -105,15 +124,20 @@ def test_interpolation(dtype, atol):
 
 
 @pytest.mark.parametrize("mode", ["sample", "pixel"])
-def test_zero_gradient_gives_weight_and_no_nan(mode):
-    """A critic that ignores its input: every norm is 0, the penalty is `weight`, its gradient 0, not NaN."""
+def test_zero_gradient_gives_weight_and_zero_gradient(mode):
+    """A critic flat in its input at these weights (D(x) = (lin - 2) * sum(x), lin = 2): every norm is 0, the
+    penalty is `weight`, and its gradient w.r.t. lin is 0 as in the reference (PyTorch's norm backward is 0 at 0),
+    not NaN and not another finite value (d grad / d lin is not 0 here, so a wrong slope at a zero norm shows)."""
     lin = torch.nn.Parameter(torch.tensor(2.0, device=DEVICE))
-    critic = lambda x: (x * 0).sum(dim=(1, 2, 3)) * lin
+    critic = lambda x: (lin - 2) * x.sum(dim=(1, 2, 3))
     real, fake, eps = _images(2, 4, 4)
     gp = gradient_penalty(critic, real, fake, 10.0, mode, eps)
     torch.testing.assert_close(gp, torch.tensor(10.0, device=DEVICE))
     (g,) = torch.autograd.grad(gp, [lin], materialize_grads=True)
+    (g_ref,) = torch.autograd.grad(gradient_penalty_reference(critic, real, fake, 10.0, mode, eps), [lin])
     assert torch.isfinite(g).all()
+    torch.testing.assert_close(g, torch.zeros_like(g), atol=1e-6, rtol=0)
+    torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=0)
 
 
 def test_compile_traces_the_penalty_ops():

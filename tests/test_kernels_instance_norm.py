@@ -1,4 +1,4 @@
-"""kernels.instance_norm_act vs the plain-PyTorch reference: output, dx, dw, db and second derivatives.
+"""kernels.instance_norm vs the plain-PyTorch reference: output, dx, dw, db and second derivatives.
 
 Without CUDA the kernels run in the Triton CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
 triton is imported), so the shapes here are tiny; full-size versions are marked `gpu`.
@@ -18,12 +18,16 @@ from torch import nn  # noqa: E402
 
 pytest.importorskip("triton")
 
-import kernels.instance_norm_act as ina  # noqa: E402
-from kernels.instance_norm_act import (  # noqa: E402
+from kernels.instance_norm import (  # noqa: E402
     InstanceNormAct,
     composite_backward,
+    double_backward,
     instance_norm_act,
     instance_norm_act_reference,
+    nchw,
+    nhwc,
+    ops,
+    plan,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,7 +36,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture(params=["fast-eager", "custom-op"])
 def dispatch(request, monkeypatch):
     """Run a test through both call paths: autograd.Functions (eager) and the torch.library custom ops."""
-    monkeypatch.setattr(ina, "FAST_EAGER", request.param == "fast-eager")
+    monkeypatch.setattr(ops, "FAST_EAGER", request.param == "fast-eager")
     return request.param
 
 
@@ -110,7 +114,7 @@ def test_random_shapes_and_chunkings(n, c, h, w, chunk, affine, slope):
 
 
 # ----------------------------------------------------------------------------------------------- channels_last
-# ina.CHANNELS_LAST_MODE: "tiled" (native NHWC kernels, the default), "copy" (NCHW kernels on an NCHW copy),
+# plan.CHANNELS_LAST_MODE: "tiled" (native NHWC kernels, the default), "copy" (NCHW kernels on an NCHW copy),
 # "strided" (NCHW kernels reading in place with a stride of C)
 CL_MODES = ["tiled", "copy", "strided"]
 # (shape, chunk_size) of channels_last inputs; the tiled kernels use BLOCK_C = min(next_pow2(C), 64) channels
@@ -142,12 +146,17 @@ class _Spy:
         return run
 
 
+def _home(name):
+    """The module that defines (and launches) the kernel `name`."""
+    return nhwc if name in TILED_KERNELS else double_backward if name.startswith("_dbwd") else nchw
+
+
 @pytest.fixture
 def launches(monkeypatch):
     """{kernel name: [layout of its X at each launch]} for every instance-norm kernel launched in the test."""
-    spies = {name: _Spy(getattr(ina, name)) for name in TILED_KERNELS + NCHW_KERNELS}
+    spies = {name: _Spy(getattr(_home(name), name)) for name in TILED_KERNELS + NCHW_KERNELS}
     for name, spy in spies.items():
-        monkeypatch.setattr(ina, name, spy)
+        monkeypatch.setattr(_home(name), name, spy)
     return {name: spy.layouts for name, spy in spies.items()}
 
 
@@ -169,11 +178,11 @@ def _assert_path(launches, mode, chunks):
 @pytest.mark.parametrize("mode", CL_MODES)
 def test_channels_last_matches_reference(mode, shape, chunk, affine, slope, act, launches, monkeypatch):
     """Every channels_last setting gives the reference's y, dx, dw, db, keeps the layout and runs its own kernels."""
-    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", mode)
+    monkeypatch.setattr(plan, "CHANNELS_LAST_MODE", mode)
     y, dx = _check_against_reference(shape, chunk, torch.float32, 1e-5, 1e-4, affine, slope, act, torch.channels_last)
     assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
     n, c, h, w = shape
-    _assert_path(launches, mode, ina._plan_nhwc(n, c, h * w, chunk)[3])
+    _assert_path(launches, mode, plan.plan_nhwc(n, c, h * w, chunk)[3])
 
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES[1:], ids=["fp16", "bf16"])
@@ -183,7 +192,7 @@ def test_channels_last_tiled_low_precision(shape, chunk, dtype, atol, rtol, laun
     y, dx = _check_against_reference(shape, chunk, dtype, atol, rtol, True, 0.2, True, torch.channels_last)
     assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
     n, c, h, w = shape
-    _assert_path(launches, "tiled", ina._plan_nhwc(n, c, h * w, chunk)[3])
+    _assert_path(launches, "tiled", plan.plan_nhwc(n, c, h * w, chunk)[3])
 
 
 def test_channels_last_1x1_planes(launches):
@@ -194,8 +203,8 @@ def test_channels_last_1x1_planes(launches):
     assert all(launches[name] == [] for name in TILED_KERNELS)
     x, w, b, dy = _inputs(shape, torch.float32, True, seed=5)
     x = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
-    y, mean, rstd = ina._fwd_tiled(x.detach(), w.detach(), b.detach(), 0.2, 1e-5, True, 0)
-    dx, dw, db = ina._bwd_tiled(dy, x.detach(), w.detach(), b.detach(), mean, rstd, 0.2, True, 0)
+    y, mean, rstd = nhwc.forward(x.detach(), w.detach(), b.detach(), 0.2, 1e-5, True, 0)
+    dx, dw, db = nhwc.backward(dy, x.detach(), w.detach(), b.detach(), mean, rstd, 0.2, True, 0)
     assert launches["_nhwc_stats_kernel"] and launches["_nhwc_bwd_dx_kernel"]
     yr = instance_norm_act_reference(x, w, b, 0.2)
     torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-4)
@@ -208,8 +217,8 @@ def test_channels_last_1x1_planes(launches):
 def test_channels_last_gradgradcheck_float64(mode, fast_eager, launches, monkeypatch):
     """float64 gradcheck + gradgradcheck on a channels_last input (C=3 ragged block, 3 chunks, affine, LeakyReLU).
     tiled: first backward on the tiled kernels, double backward on the NCHW kernels over contiguous copies."""
-    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", mode)
-    monkeypatch.setattr(ina, "FAST_EAGER", fast_eager)
+    monkeypatch.setattr(plan, "CHANNELS_LAST_MODE", mode)
+    monkeypatch.setattr(ops, "FAST_EAGER", fast_eager)
     x, w, b, _ = _inputs((1, 3, 3, 4), torch.float64, True, seed=6)
     x = x.detach().to(memory_format=torch.channels_last).requires_grad_(True)
     w = w.detach().double().requires_grad_(True)
@@ -223,21 +232,21 @@ def test_channels_last_gradgradcheck_float64(mode, fast_eager, launches, monkeyp
 
 
 def test_channels_last_mode_is_checked(monkeypatch):
-    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", "nhwc")
+    monkeypatch.setattr(plan, "CHANNELS_LAST_MODE", "nhwc")
     with pytest.raises(ValueError, match="CHANNELS_LAST_MODE"):
         instance_norm_act(torch.randn(1, 3, 4, 4, device=DEVICE).to(memory_format=torch.channels_last))
 
 
 def test_launch_plan_channels_last():
     """Tiled plan: 720p with C=64 spreads over hundreds of chunks; small planes get one; bounds respected."""
-    block_c, tile_p, chunk, k = ina._plan_nhwc(1, 64, 720 * 1280, None)
+    block_c, tile_p, chunk, k = plan.plan_nhwc(1, 64, 720 * 1280, None)
     assert block_c == 64 and k >= 512 and chunk % tile_p == 0 and chunk * k >= 720 * 1280
-    assert chunk * block_c <= ina.MAX_CHUNK and tile_p * block_c == ina.TILE
-    assert ina._plan_nhwc(2, 3, 30, None)[3] == 1  # (2, 3, 6, 5): one chunk, mean/rstd from the stats kernel
-    assert ina._plan_nhwc(1, 5, 63, 8) == (8, 8, 8, 8)  # a forced chunk size is honoured, tiles no larger
-    assert ina._plan_nhwc(1, 1, 16384 * 16384, None)[3] <= ina.MAX_CHUNKS
+    assert chunk * block_c <= plan.MAX_CHUNK and tile_p * block_c == plan.TILE
+    assert plan.plan_nhwc(2, 3, 30, None)[3] == 1  # (2, 3, 6, 5): one chunk, mean/rstd from the stats kernel
+    assert plan.plan_nhwc(1, 5, 63, 8) == (8, 8, 8, 8)  # a forced chunk size is honoured, tiles no larger
+    assert plan.plan_nhwc(1, 1, 16384 * 16384, None)[3] <= plan.MAX_CHUNKS
     with pytest.raises(ValueError, match="chunk_size"):
-        ina._plan_nhwc(1, 3, 30, 0)
+        plan.plan_nhwc(1, 3, 30, 0)
 
 
 # The interpreter does not type-check like the compiler: compile the tiled kernels for sm_90 (Triton ships ptxas),
@@ -245,17 +254,17 @@ def test_launch_plan_channels_last():
 # loads and stores must come out as 128-bit vector accesses (coalesced rows of 8 fp16 per thread).
 _NHWC_COMPILE_SCRIPT = """
 import triton.language as tl
-from kernels import instance_norm_act as ina
+from kernels.instance_norm import nhwc
 from sm90 import compile_sm90
 
 tiles = dict(CHUNK=1024, TILE_P=16, BLOCK_C=64, ACC=tl.float32)
 cases = [
-    (ina._nhwc_stats_kernel, tiles | dict(FINAL=False)),
-    (ina._nhwc_stats_kernel, tiles | dict(FINAL=True, ACC=tl.float64)),
-    (ina._combine_kernel, dict(CHUNK=1024, BLOCK_K=1024, ACC=tl.float32)),
-    (ina._nhwc_norm_act_kernel, tiles | dict(HAS_W=True, ACT=True)),
-    (ina._nhwc_bwd_reduce_kernel, tiles | dict(HAS_W=True, ACT=True)),
-    (ina._nhwc_bwd_dx_kernel, tiles | dict(HAS_W=False, ACT=True)),
+    (nhwc._nhwc_stats_kernel, tiles | dict(FINAL=False)),
+    (nhwc._nhwc_stats_kernel, tiles | dict(FINAL=True, ACC=tl.float64)),
+    (nhwc._combine_kernel, dict(CHUNK=1024, BLOCK_K=1024, ACC=tl.float32)),
+    (nhwc._nhwc_norm_act_kernel, tiles | dict(HAS_W=True, ACT=True)),
+    (nhwc._nhwc_bwd_reduce_kernel, tiles | dict(HAS_W=True, ACT=True)),
+    (nhwc._nhwc_bwd_dx_kernel, tiles | dict(HAS_W=False, ACT=True)),
 ]
 for fn, consts in cases:
     ptx = compile_sm90(fn, consts, aligned=True)
@@ -292,6 +301,40 @@ def test_large_mean_is_stable():
         for fmt in (torch.contiguous_format, torch.channels_last):  # NCHW kernels / tiled NHWC kernels
             y = instance_norm_act(x.contiguous(memory_format=fmt), activation=False, chunk_size=chunk)
             torch.testing.assert_close(y, ref, atol=2e-3, rtol=1e-3)
+
+
+# (shape, chunk_size, memory format, affine): each place where eps enters rstd: the fused NCHW kernel, the chunk
+# merge of the NCHW path, the tiled statistics kernel (one chunk) and the tiled merge kernel (several chunks)
+EPS_CASES = [
+    ((2, 3, 5, 7), None, torch.contiguous_format, False),
+    ((1, 2, 9, 7), 16, torch.contiguous_format, True),
+    ((2, 3, 6, 5), None, torch.channels_last, True),
+    ((1, 5, 9, 7), 8, torch.channels_last, False),
+]
+
+
+@pytest.mark.parametrize("shape,chunk,fmt,affine", EPS_CASES, ids=["fused", "chunked", "tiled", "tiled-chunked"])
+def test_variance_near_eps_matches_torch(shape, chunk, fmt, affine):
+    """Planes of variance ~1e-5 (= eps) against F.instance_norm, forward and backward: eps sits inside the square
+    root. (At variance ~4, as elsewhere in this file, eps outside it changes results by ~5e-6 only.)"""
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(shape, generator=g) * 3e-3 + 0.1).to(DEVICE).contiguous(memory_format=fmt).requires_grad_(True)
+    dy = torch.randn(shape, generator=g).to(DEVICE)
+    c = shape[1]
+    w = (torch.rand(c, generator=g) + 0.5).to(DEVICE).requires_grad_(True) if affine else None
+    b = torch.randn(c, generator=g).to(DEVICE).requires_grad_(True) if affine else None
+    y = instance_norm_act(x, w, b, 0.2, 1e-5, True, chunk)
+    xr = x.detach().clone().requires_grad_(True)
+    wr = w.detach().clone().requires_grad_(True) if affine else None
+    br = b.detach().clone().requires_grad_(True) if affine else None
+    yr = nn.functional.leaky_relu(nn.functional.instance_norm(xr, weight=wr, bias=br, eps=1e-5), 0.2)
+    torch.testing.assert_close(y, yr, atol=1e-5, rtol=1e-4)
+    grads = torch.autograd.grad(y, [x] + ([w, b] if affine else []), dy)
+    grads_r = torch.autograd.grad(yr, [xr] + ([wr, br] if affine else []), dy)
+    scale = grads_r[0].abs().max().item()  # dx ~ rstd ~ 200 here
+    torch.testing.assert_close(grads[0], grads_r[0], atol=1e-5 * scale, rtol=1e-4)
+    for a, r in zip(grads[1:], grads_r[1:], strict=True):
+        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
 
 
 # gradgradcheck cases in float64: (shape, chunk_size, affine, slope, activation, fast_mode)
@@ -374,13 +417,13 @@ def test_dispatch_paths(dispatch):
 
 def test_launch_plan():
     """N=1, C=64 at 720p is spread over hundreds of programs; small planes take the fused path; chunks bounded."""
-    chunk, k, tile = ina._plan(64, 720 * 1280, None)
+    chunk, k, tile = plan.plan_nchw(64, 720 * 1280, None)
     assert 64 * k >= 512 and chunk % tile == 0 and chunk * k >= 720 * 1280
-    assert ina._plan(16 * 256, 64 * 64, None)[0] == 0  # 64x64 planes: one program each
-    assert ina._plan(1, 16384 * 16384, None)[1] <= ina.MAX_CHUNKS
-    assert ina._plan(2, 4900, 512) == (512, 10, 512)  # a forced chunk size is honoured
+    assert plan.plan_nchw(16 * 256, 64 * 64, None)[0] == 0  # 64x64 planes: one program each
+    assert plan.plan_nchw(1, 16384 * 16384, None)[1] <= plan.MAX_CHUNKS
+    assert plan.plan_nchw(2, 4900, 512) == (512, 10, 512)  # a forced chunk size is honoured
     with pytest.raises(ValueError, match="chunk_size"):
-        ina._plan(2, 4900, 0)
+        plan.plan_nchw(2, 4900, 0)
 
 
 def test_module_state_dict_matches_instance_norm2d():
@@ -478,8 +521,8 @@ def test_full_size_gpu(shape, dtype, atol, rtol, affine, slope, act):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", CL_MODES)
 def test_full_size_gpu_channels_last(mode, launches, monkeypatch):
-    monkeypatch.setattr(ina, "CHANNELS_LAST_MODE", mode)
+    monkeypatch.setattr(plan, "CHANNELS_LAST_MODE", mode)
     shape = (1, 64, 360, 640)
     y, dx = _check_against_reference(shape, None, torch.float16, 1e-2, 1e-2, False, 0.0, True, torch.channels_last)
     assert y.is_contiguous(memory_format=torch.channels_last) and dx.is_contiguous(memory_format=torch.channels_last)
-    _assert_path(launches, mode, ina._plan_nhwc(1, 64, 360 * 640, None)[3])
+    _assert_path(launches, mode, plan.plan_nhwc(1, 64, 360 * 640, None)[3])
