@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from-scratch", action="store_true", help="do not continue from the shipped weights")
     t.add_argument("--weights", default=str(WEIGHTS), help=argparse.SUPPRESS)
     t.add_argument("--continuation", default=str(CONTINUATION), help=argparse.SUPPRESS)
-    t.add_argument("--epoch-steps", type=int, default=500, help="steps per epoch (checkpoint interval)")
+    t.add_argument("--epoch-steps", type=int, default=1000, help="steps per epoch (checkpoint interval)")
     t.add_argument("--piece-mib", type=float, default=PIECE_MIB, help="split files larger than this")
     t.add_argument("--eval-device", default="auto")
     j = sub.add_parser("join", help="verify and install what a train run returned")

@@ -48,3 +48,13 @@ def _planted(tmp_path, identity: bool):
 def test_the_check_fails_for_a_model_that_does_not_deblur(tmp_path, identity):
     with pytest.raises(AssertionError, match="restored"):
         assert_beats_input(_planted(tmp_path, identity))
+
+
+def test_the_weights_are_package_data():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "weights/*.pt" in meta["tool"]["setuptools"]["package-data"]["deblurgan"]
+    assert SHIPPED_WEIGHTS.parent == root / "deblurgan" / "weights" and SHIPPED_WEIGHTS.suffix == ".pt"
