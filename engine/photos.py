@@ -246,8 +246,8 @@ def build_pack(
     pack: Path,
     crop: int = 320,
     quality: int = 95,
-    max_side: int = 1280,
-    per_photo: int = 16,
+    max_side: int = 1600,
+    per_photo: int = 24,
     pack_mib: float = 24.0,
     eval_photos: Sequence[Photo] = EVAL_PHOTOS,
 ) -> dict:
@@ -294,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pack", default="data/pack", help="folder for the compact data pack")
     b.add_argument("--crop", type=int, default=320, help="pack crop size in px (training crops are cut from these)")
     b.add_argument("--quality", type=int, default=95, help="JPEG quality of the pack crops")
-    b.add_argument("--max-side", type=int, default=1280, help="scale photos down to this longer side first")
-    b.add_argument("--per-photo", type=int, default=16, help="at most this many crops per photo")
+    b.add_argument("--max-side", type=int, default=1600, help="scale photos down to this longer side first")
+    b.add_argument("--per-photo", type=int, default=24, help="at most this many crops per photo")
     b.add_argument("--pack-mib", type=float, default=24.0, help="size budget of the pack's JPEG crops")
     b.add_argument("--limit", type=int, default=0, help="use only the first N photos (tests)")
     return p

@@ -204,8 +204,8 @@ def datasets(cfg: TrainConfig, pack: Path, epoch_steps: int):
     per_image = max(1, math.ceil(epoch_steps * cfg.data.batch_size / len(files)))
     blur = {"max_len": cfg.data.blur_max_len, "canvas": TRAIN_CANVAS}
     train = CentredSyntheticDataset(files, "train", cfg.data.crop, cfg.seed, per_image=per_image, **blur)
-    val = CentredSyntheticDataset(files[:: max(1, len(files) // max(1, cfg.data.val_max_images or 8))], "val", None,
-                           cfg.seed, **blur)  # fmt: skip
+    every = max(1, len(files) // max(1, cfg.data.val_max_images or 8))
+    val = CentredSyntheticDataset(files[::every], "val", None, cfg.seed, **blur)
     return train, val
 
 
@@ -218,8 +218,8 @@ def load_continuation(trainer, weights: Path, continuation: Path) -> list[dict]:
         raise DeblurGANError(f"{continuation}: not a continuation state of engine.ship")
     gen = load_checkpoint(weights)["generator"]
     load_state_dict_strict(trainer.gen, gen, str(weights))
-    if trainer.ema is not None:
-        trainer.ema.load_state_dict({k: v.float() for k, v in gen.items() if k in dict(trainer.gen.named_parameters())})
+    if trainer.ema is not None:  # the EMA restarts from the shipped (EMA) weights too
+        trainer.ema.load_state_dict({n: gen[n].float() for n, _ in trainer.gen.named_parameters()})
     load_state_dict_strict(trainer.critic, state["critic"], str(continuation))
     return list(state.get("history", []))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,9 @@ def test_too_many_files_to_bring_back_is_an_error(tmp_path):
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny convs on a shared CPU: one thread is much faster
     return subprocess.run([sys.executable, "-m", "engine.ship", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600)  # fmt: skip
+                          timeout=600, env=env)  # fmt: skip
 
 
 @pytest.mark.slow
