@@ -241,6 +241,13 @@ def _jpeg(img: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def _check_pack_args(crop: int, quality: int) -> None:
+    if crop < 64 or crop % 4:
+        raise DeblurGANError(f"--crop must be a multiple of 4 and >= 64 (got {crop})")
+    if not 1 <= quality <= 100:
+        raise DeblurGANError(f"--quality must be in [1, 100] (got {quality})")
+
+
 def build_pack(
     photos: Sequence[Photo],
     pack: Path,
@@ -252,10 +259,7 @@ def build_pack(
     eval_photos: Sequence[Photo] = EVAL_PHOTOS,
 ) -> dict:
     """Write the pack (train/ JPEG crops, eval/ sources, MANIFEST.json); returns the manifest."""
-    if crop < 64 or crop % 4:
-        raise DeblurGANError(f"--crop must be a multiple of 4 and >= 64 (got {crop})")
-    if not 1 <= quality <= 100:
-        raise DeblurGANError(f"--quality must be in [1, 100] (got {quality})")
+    _check_pack_args(crop, quality)
     encoded: list[list[bytes]] = []
     for p in photos:
         img = _downscale(load_photo(p), max_side)
@@ -309,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     photos = PHOTOS[: args.limit] if args.limit > 0 else PHOTOS
+    _check_pack_args(args.crop, args.quality)
     for p in photos:  # every source is checked before anything is written
         load_photo(p)
     out = Path(args.out)

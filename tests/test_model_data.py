@@ -100,6 +100,7 @@ def test_photos_cli_error_is_one_line(tmp_path):
                         str(tmp_path / "p"), "--crop", "30", "--limit", "1"], capture_output=True, text=True,
                        cwd=ROOT)  # fmt: skip
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "o").exists()  # checked before anything is written
 
 
 def test_centre_psf_puts_the_centroid_on_the_origin():
