@@ -129,3 +129,32 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     r = _run(["join", "--from", str(tmp_path)])
     assert r.returncode == 2 and "SHIPPED.json" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_training_blur_uses_centred_psfs(tmp_path, monkeypatch):
+    import numpy as np
+
+    from deblurgan.data import SyntheticDataset
+
+    seen = []
+    original = SyntheticDataset._blur
+
+    def spy(self, sharp, psf, rng):
+        seen.append(psf)
+        return original(self, sharp, psf, rng)
+
+    monkeypatch.setattr(SyntheticDataset, "_blur", spy)
+    srcs = write_photos(tmp_path / "src", 2, size=(96, 128))
+    photos.build_pack(srcs, tmp_path / "pack", crop=64, per_photo=2, eval_photos=[])
+    cfg = ship.ship_config(tmp_path / "pack", 1, tmp_path / "runs", ["--crop", "32", "--batch-size", "2"])
+    train, val = ship.datasets(cfg, tmp_path / "pack", epoch_steps=4)
+    assert len(train) == 8 and len(val) >= 1
+    item = train[(3, 123)]
+    assert item["blur"].shape == item["sharp"].shape == (3, 32, 32)
+    val[0]
+    k = ship.TRAIN_CANVAS
+    yy, xx = np.mgrid[:k, :k]
+    assert len(seen) == 2
+    for psf in seen:
+        assert psf.shape == (k, k) and abs(psf.sum() - 1) < 1e-5
+        assert abs((psf * yy).sum() - k // 2) < 1e-3 and abs((psf * xx).sum() - k // 2) < 1e-3
