@@ -17,11 +17,10 @@ from engine.trainer import zero_last_conv
 
 MARGIN_DB = 0.2  # mean PSNR gain over the blurred crops that counts as beating them (an identity scores 0)
 
-pytest.importorskip("sklearn", reason="the evaluation photos come with scikit-learn (pip install -e .[dev])")
-pytest.importorskip("matplotlib", reason="the evaluation photos come with matplotlib (pip install -e .[dev])")
-
 
 def assert_beats_input(checkpoint) -> None:
+    pytest.importorskip("sklearn", reason="the evaluation photos come with scikit-learn (pip install -e .[dev])")
+    pytest.importorskip("matplotlib", reason="the evaluation photos come with matplotlib (pip install -e .[dev])")
     r = crops_check(checkpoint)
     assert r["crops"] >= 6
     assert r["psnr"] > r["blur_psnr"] + MARGIN_DB, (
