@@ -403,7 +403,12 @@ class Trainer:
         )
 
     def _done(self) -> bool:
-        return self.epoch >= self.total_epochs or (self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+        return (self.epoch >= self.total_epochs or (self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+                or self._out_of_time())  # fmt: skip
+
+    def _out_of_time(self) -> bool:
+        t0 = getattr(self, "t_start", None)
+        return bool(self.cfg.time_limit_s) and t0 is not None and time.perf_counter() - t0 >= self.cfg.time_limit_s
 
     def fit(self) -> dict:
         """Train to the end (or `max_steps`); returns the final metrics dict (also in metrics.json)."""
@@ -443,7 +448,7 @@ class Trainer:
                     now = time.perf_counter()
                     self._log_train(window, now - t_win)
                     window, t_win = [], now
-                if cfg.max_steps and self.step >= cfg.max_steps:
+                if (cfg.max_steps and self.step >= cfg.max_steps) or self._out_of_time():
                     break  # saved (with a validation) below
                 if self.step % cfg.save_every == 0:
                     pause = time.perf_counter()
