@@ -73,6 +73,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_steps: int = 0  # 0 = run all epochs; >0 stops after this many generator steps
+    time_limit_s: float = 0.0  # 0 = none; >0 stops after this many seconds of this process (validates, saves)
+    threads: int = 0  # CPU runs: torch intra-op threads; 0 = the idle cores at start (or OMP_NUM_THREADS)
     save_every: int = 1000  # checkpoint every N steps (plus one per epoch)
     keep_last: int = 3  # step checkpoints kept (plus best.pt)
     log_every: int = 50
@@ -122,7 +124,7 @@ RECIPE_KEYS = ["loss.adv_weight", "loss.content_weight", "loss.pixel_weight", "l
 
 def recipe_deviations(cfg: TrainConfig) -> list[str]:
     """'key value (paper: value)' for each recipe key that differs from the paper's; [] for the paper recipe."""
-    ours, paper = _flatten(to_dict(cfg)), _flatten(to_dict(TrainConfig()))
+    ours, paper = flatten(to_dict(cfg)), flatten(to_dict(TrainConfig()))
     return [f"{k} {ours[k]:g} (paper: {paper[k]:g})" if isinstance(ours[k], float) else
             f"{k} {ours[k]} (paper: {paper[k]})" for k in RECIPE_KEYS if ours[k] != paper[k]]  # fmt: skip
 
@@ -274,7 +276,7 @@ def _coerce(v: Any, t: Any, key: str) -> Any:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject values that would fail (or silently misbehave) later."""
-    flat = _flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg))
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise DeblurGANError(f"{key} must be one of {', '.join(allowed)} (got {flat[key]!r})")
@@ -283,7 +285,8 @@ def validate(cfg: TrainConfig) -> None:
     for key in positive:
         if flat[key] < 1:
             raise DeblurGANError(f"{key} must be >= 1 (got {flat[key]})")
-    non_negative = ["max_steps", "samples", "data.num_workers", "data.val_max_images", "optim.epochs_constant",
+    non_negative = ["max_steps", "time_limit_s", "threads", "samples", "data.num_workers", "data.val_max_images",
+                    "optim.epochs_constant",
                     "optim.epochs_decay", "loss.content_weight", "loss.gp_weight", "loss.adv_weight",
                     "loss.pixel_weight"]  # fmt: skip
     for key in non_negative:
@@ -291,6 +294,8 @@ def validate(cfg: TrainConfig) -> None:
             raise DeblurGANError(f"{key} must be >= 0 (got {flat[key]})")
     if cfg.loss.adv_weight + cfg.loss.content_weight + cfg.loss.pixel_weight == 0:
         raise DeblurGANError("loss.adv_weight, loss.content_weight and loss.pixel_weight are all 0: nothing to train")
+    if cfg.time_limit_s != cfg.time_limit_s:
+        raise DeblurGANError("time_limit_s must be a number of seconds (got nan)")
     if cfg.optim.epochs_constant + cfg.optim.epochs_decay < 1:
         raise DeblurGANError("optim.epochs_constant + optim.epochs_decay must be >= 1")
     if cfg.cuda_graph and cfg.compile:
@@ -317,11 +322,11 @@ def validate(cfg: TrainConfig) -> None:
         raise DeblurGANError(f"name must be a plain folder name (got {cfg.name!r})")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

@@ -41,6 +41,7 @@ from kernels.gradient_penalty import gradient_penalty_reference
 
 from .config import TrainConfig, to_dict
 from .graphed import GraphedStep
+from .samples import labeled_row, stack_rows
 
 LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "loss_pixel",
               "lr", "it_per_s", "img_per_s", "time"]  # fmt: skip
@@ -309,6 +310,7 @@ class Trainer:
         self.best_psnr, self.best_step = -math.inf, -1
         self.last_checkpoint: Path | None = None
         self.tb = None
+        self.time_up = False
         if resume:
             self._resume()
 
@@ -403,7 +405,21 @@ class Trainer:
         )
 
     def _done(self) -> bool:
-        return self.epoch >= self.total_epochs or (self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+        return (self.epoch >= self.total_epochs or (self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
+                or self.time_up)  # fmt: skip
+
+    def _check_time(self) -> bool:
+        """Whether `time_limit_s` has passed (rank 0 decides for every rank, every `log_every` steps)."""
+        limit = self.cfg.time_limit_s
+        if limit <= 0:
+            return False
+        if self.world == 1:
+            self.time_up = time.perf_counter() - self.t_start >= limit
+        elif self.step % self.cfg.log_every == 0:
+            flag = torch.tensor([float(time.perf_counter() - self.t_start >= limit)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            self.time_up = bool(flag.item())
+        return self.time_up
 
     def fit(self) -> dict:
         """Train to the end (or `max_steps`); returns the final metrics dict (also in metrics.json)."""
@@ -425,7 +441,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=min(self.step, total), unit="it", dynamic_ncols=True, file=sys.stderr)
         t0, window, t_win = time.perf_counter(), [], time.perf_counter()
-        self.t_start = t0
+        self.t_start, self.time_up = t0, False
         last_val = None
         while not self._done():
             self.gen.train()
@@ -445,6 +461,13 @@ class Trainer:
                     window, t_win = [], now
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     break  # saved (with a validation) below
+                if self._check_time():
+                    msg = f"time limit ({cfg.time_limit_s:g} s) reached at step {self.step}: validating and saving"
+                    if bar is not None:
+                        bar.write(msg, file=sys.stderr)
+                    elif self.is_main:
+                        print(msg, file=sys.stderr)
+                    break
                 if self.step % cfg.save_every == 0:
                     pause = time.perf_counter()
                     self.save()
@@ -458,7 +481,7 @@ class Trainer:
                 if self.epoch % cfg.val_every_epochs == 0 or self._done():
                     last_val = self.validate()
                 self.save(val=last_val)
-            elif self._done():  # stopped by max_steps in the middle of an epoch
+            elif self._done():  # stopped by max_steps or time_limit_s in the middle of an epoch
                 last_val = self.validate()
                 self.save(val=last_val)
             t_win += time.perf_counter() - pause  # throughput counts training only
@@ -511,13 +534,13 @@ class Trainer:
             a, b, blurred = to_uint8(out), to_uint8(item["sharp"]), to_uint8(item["blur"])
             scores.append(psnr_ssim(a, b) + psnr_ssim(blurred, b))  # restored, and the blurred input as a baseline
             if len(rows) < self.cfg.samples:
-                rows.append(np.concatenate([blurred, a, b], axis=1))
+                rows.append(labeled_row(blurred, a, b, psnr_in=scores[-1][2], psnr_out=scores[-1][0]))
         self.gen.train()
         psnr, ssim, psnr_in, ssim_in = (float(np.mean([s[k] for s in scores])) for k in range(4))
         val = {"step": self.step, "epoch": self.epoch, "psnr": psnr, "ssim": ssim, "psnr_input": psnr_in,
                "ssim_input": ssim_in, "weights": which}  # fmt: skip
         if rows:
-            grid = _stack_rows(rows)
+            grid = stack_rows(rows)
             write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
             write_image(self.run_dir / "samples" / "latest.png", grid)
             if self.tb is not None:
@@ -679,6 +702,7 @@ class Trainer:
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "vgg_weights": self.vgg_source,
             "seconds": time.perf_counter() - self.t_start,
+            "stopped_by_time_limit": self.time_up,
             "world_size": self.world,
         }
         if self.is_main:
@@ -696,12 +720,6 @@ def _run_padded(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), mode="reflect")
     return model(x)[..., :h, :w].float()
-
-
-def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(rows, axis=0)
 
 
 def _step_checkpoints(folder: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from deblurgan.errors import DeblurGANError
 from deblurgan.metrics import psnr, ssim
 from deblurgan.vgg import vgg19_features
 from engine.config import make_config
+from engine.samples import LABEL_HEIGHT, labeled_row
 from engine.trainer import (
     ResumableSampler,
     Trainer,
@@ -243,7 +244,12 @@ def test_run_folder_outputs_and_checkpoint_format(vgg, tmp_path) -> None:
         torch.testing.assert_close(v, ckpt["ema"][k], rtol=0, atol=0)
     assert not torch.equal(ckpt["ema"]["model.1.weight"], ckpt["generator"]["model.1.weight"])
     grid = np.asarray(Image.open(run / "samples" / "latest.png"))
-    assert grid.shape == (2 * 32, 3 * 32, 3)  # rows: samples; columns: blurred | restored | sharp
+    assert grid.shape == (2 * (LABEL_HEIGHT + 32), 3 * 32, 3)  # rows: label strip + sample; columns: 3 images
+    for r in range(2):  # each row under its labels: blurred | restored | sharp
+        top = r * (LABEL_HEIGHT + 32)
+        assert grid[top : top + LABEL_HEIGHT].max() > 128  # text drawn in each strip
+        sharp = to_uint8(TinyPairs(2, seed=5)[r]["sharp"])
+        assert np.array_equal(grid[top + LABEL_HEIGHT : top + LABEL_HEIGHT + 32, 64:96], sharp)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 16 and metrics["val"]["weights"] == "ema"
     # the logged validation scores are the restored (EMA) and blurred images' scores, recomputed independently
@@ -580,3 +586,39 @@ def test_resume_with_dataloader_workers_is_bit_identical(vgg, tmp_path, random_i
     assert a.keys() == b.keys() and len(a) > 20
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_sample_rows_are_labelled_with_each_images_psnr() -> None:
+    """The label strip names the columns and gives the row's PSNRs: other numbers draw other pixels."""
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8) for _ in range(3)]
+    row = labeled_row(*imgs, psnr_in=21.5, psnr_out=23.25)
+    assert row.shape == (LABEL_HEIGHT + 40, 180, 3)
+    assert np.array_equal(row[LABEL_HEIGHT:], np.concatenate(imgs, axis=1))
+    strip = row[:LABEL_HEIGHT]
+    for col in range(3):  # text in each column's part of the strip
+        assert strip[:, col * 60 : (col + 1) * 60].max() > 128
+    other = labeled_row(*imgs, psnr_in=21.5, psnr_out=31.75)[:LABEL_HEIGHT]
+    assert np.array_equal(other[:, :60], strip[:, :60]) and not np.array_equal(other[:, 60:120], strip[:, 60:120])
+    from PIL import ImageDraw, ImageFont
+
+    probe = Image.new("RGB", (180, LABEL_HEIGHT))
+    ImageDraw.Draw(probe).text((3, 1), "blurred 21.50 dB", fill=(255, 255, 255), font=ImageFont.load_default())
+    assert np.array_equal(np.asarray(probe)[:, :60], strip[:, :60])  # the words are the column's name and PSNR
+
+
+def test_time_limit_stops_saves_and_resume_continues(vgg, tmp_path, monkeypatch) -> None:
+    cfg = tiny_cfg(time_limit_s=0.5, save_every=100)
+    clock = iter(range(0, 10**6))  # each perf_counter() call advances one second
+    monkeypatch.setattr("engine.trainer.time.perf_counter", lambda: float(next(clock)))
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(4), TinyPairs(1, seed=9), vgg=vgg, progress=False)
+    summary = tr.fit()
+    assert 1 <= tr.step < 16 and summary["stopped_by_time_limit"] is True  # stopped long before 4 epochs x 4
+    ckpt = tmp_path / "run" / "checkpoints" / f"step_{tr.step:08d}.pt"
+    assert ckpt.is_file() and summary["val"] is not None and summary["last_checkpoint"] == str(ckpt)
+    stopped_at = tr.step
+    monkeypatch.undo()
+    done = Trainer(tiny_cfg(), tmp_path / "run", TinyPairs(4), TinyPairs(1, seed=9), vgg=vgg, resume=True,
+                   progress=False)  # fmt: skip
+    assert done.step == stopped_at
+    assert done.fit()["stopped_by_time_limit"] is False and done.step == 16
