@@ -9,10 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from deblurgan.errors import DeblurGANError
-from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, pixel_loss, wasserstein_estimate
+from deblurgan.losses import (
+    PerceptualLoss,
+    compute_gp,
+    critic_loss,
+    generator_adv_loss,
+    pixel_loss,
+    wasserstein_estimate,
+)
 from deblurgan.networks import Critic, CriticConfig
 from deblurgan.vgg import CONV3_3, IMAGENET_MEAN, IMAGENET_STD, VGG19_FILE, load_vgg19_features, vgg19_features
-from engine.trainer import compute_gp
 from kernels.gradient_penalty import draw_eps, gradient_penalty_reference
 
 # torchvision vgg19().features: convs at these indices (conv3_3 = 14)
