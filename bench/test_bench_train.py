@@ -33,7 +33,7 @@ class _NoData(torch.utils.data.Dataset):
 
 
 def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
-    model = pick(cpu={"ngf": 8, "n_blocks": 1, "ndf": 8}, cuda={})
+    model = pick(cpu={"generator": {"ngf": 8, "n_blocks": 1}, "critic": {"ndf": 8}}, cuda={})
     over: dict = {"model": dict(model), "data": {"batch_size": batch, "crop": CROP}}
     if settings.startswith("engine"):
         over.update(channels_last=True, compile=settings == "engine+compile", cuda_graph=settings == "engine+graph")

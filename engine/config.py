@@ -3,10 +3,13 @@
 Precedence: preset < YAML file (`--config F`) < command-line overrides. Keys may be dotted
 (`--optim.lr 2e-4`) or a field name that is unique across sections (`--lr 2e-4`, `--gp-norm pixel`).
 Unknown keys, wrong types and out-of-range values raise DeblurGANError before any work starts.
+The networks' settings are `deblurgan.config`'s GeneratorConfig and CriticConfig (`model.generator`, `model.critic`);
+config files of the earlier flat layout (`model.ngf`, `model.n_layers_d`, ...) still load.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -16,20 +19,31 @@ from typing import Any
 
 import yaml
 
+from deblurgan.config import CriticConfig, GeneratorConfig
 from deblurgan.errors import DeblurGANError
 from deblurgan.fsutil import atomic_write_text
 
 
 @dataclass
 class ModelConfig:
-    ngf: int = 64
-    n_blocks: int = 9
-    dropout: float = 0.5
-    learn_residual: bool = True
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     zero_init_last: bool = False  # zero the last conv: with learn_residual the generator starts as the identity
-    ndf: int = 64
-    n_layers_d: int = 3
-    kernels: str = "torch"  # IN+activation (and later GP) implementation: torch | triton | auto
+    kernels: str = "torch"  # IN+activation and GP implementation: torch | triton | auto (resolved per device)
+
+
+# Fields of the network configs that the trainer sets itself (RGB data, instance norm, the resolved `kernels`).
+TRAINER_SET = frozenset({"in_channels", "out_channels", "norm", "kernels"})
+NETWORK_CONFIGS = (GeneratorConfig, CriticConfig)
+# The earlier flat `model` section: key -> (network, field).
+LEGACY_MODEL_KEYS = {"ngf": ("generator", "ngf"), "n_blocks": ("generator", "n_blocks"),
+                     "dropout": ("generator", "dropout"), "learn_residual": ("generator", "learn_residual"),
+                     "ndf": ("critic", "ndf"), "n_layers_d": ("critic", "n_layers")}  # fmt: skip
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    """The config keys of a section (network configs without the fields the trainer sets)."""
+    return [f for f in fields(cls) if not (cls in NETWORK_CONFIGS and f.name in TRAINER_SET)]
 
 
 @dataclass
@@ -102,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_every": 16,
         "ema": 0.99,
         "loss": {"vgg_weights": "auto", "pixel_weight": 100.0},
-        "model": {"ngf": 32, "n_blocks": 6, "dropout": 0.0, "zero_init_last": True},
+        "model": {"generator": {"ngf": 32, "n_blocks": 6, "dropout": 0.0}, "zero_init_last": True},
         "optim": {"beta1": 0.9, "epochs_constant": 3, "epochs_decay": 1, "critic_updates": 1},
         "data": {"crop": 64, "num_workers": 0, "val_max_images": 4},
     },
@@ -118,8 +132,8 @@ CHOICES = {
 
 # What the paper optimises (loss, optimiser, init), as opposed to scale (model size, crop, epochs, batch).
 RECIPE_KEYS = ["loss.adv_weight", "loss.content_weight", "loss.pixel_weight", "loss.gp_weight", "loss.gp_norm",
-               "optim.lr", "optim.beta1", "optim.beta2", "optim.critic_updates", "model.dropout",
-               "model.learn_residual", "model.zero_init_last", "data.blur_max_len"]  # fmt: skip
+               "optim.lr", "optim.beta1", "optim.beta2", "optim.critic_updates", "model.generator.dropout",
+               "model.generator.learn_residual", "model.zero_init_last", "data.blur_max_len"]  # fmt: skip
 
 
 def recipe_deviations(cfg: TrainConfig) -> list[str]:
@@ -130,7 +144,12 @@ def recipe_deviations(cfg: TrainConfig) -> list[str]:
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as nested plain dicts (what config.yaml and checkpoints hold)."""
+    out = {}
+    for f in _fields(type(cfg)):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
+    return out
 
 
 def make_config(preset: str = "paper", overrides: list[dict] | None = None) -> TrainConfig:
@@ -197,7 +216,7 @@ def _all_keys() -> dict[str, list[tuple[str, ...]]]:
 
     def walk(cls: type, prefix: tuple[str, ...]) -> None:
         hints = typing.get_type_hints(cls)
-        for f in fields(cls):
+        for f in _fields(cls):
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], prefix + (f.name,))
             else:
@@ -207,7 +226,8 @@ def _all_keys() -> dict[str, list[tuple[str, ...]]]:
     return leaves
 
 
-ALIASES = {"data": ("data", "train")}  # --data gopro:PATH
+ALIASES = {"data": ("data", "train"), "n_layers_d": ("model", "critic", "n_layers")}  # --data gopro:PATH
+ALIASES.update({f"model.{k}": ("model", *v) for k, v in LEGACY_MODEL_KEYS.items()})  # the earlier flat keys
 
 
 def resolve_key(key: str) -> tuple[str, ...]:
@@ -231,8 +251,12 @@ def _merge(cfg: Any, d: dict, prefix: str) -> None:
     if not isinstance(d, dict):
         raise DeblurGANError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping")
     hints = typing.get_type_hints(type(cfg))
-    names = {f.name for f in fields(cfg)}
+    names = {f.name for f in _fields(type(cfg))}
     for k, v in d.items():
+        if isinstance(cfg, ModelConfig) and k in LEGACY_MODEL_KEYS:  # a config.yaml of the earlier flat layout
+            net, name = LEGACY_MODEL_KEYS[k]
+            _merge(getattr(cfg, net), {name: v}, f"{prefix}{net}.")
+            continue
         if k not in names:
             raise DeblurGANError(f"unknown config key {prefix}{k}")
         t = hints[k]
@@ -280,7 +304,8 @@ def validate(cfg: TrainConfig) -> None:
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise DeblurGANError(f"{key} must be one of {', '.join(allowed)} (got {flat[key]!r})")
-    positive = ["model.ngf", "model.n_blocks", "model.ndf", "model.n_layers_d", "optim.critic_updates",
+    positive = ["model.generator.ngf", "model.generator.n_blocks", "model.critic.ndf", "model.critic.n_layers",
+                "optim.critic_updates",
                 "data.batch_size", "save_every", "keep_last", "log_every", "val_every_epochs"]  # fmt: skip
     for key in positive:
         if flat[key] < 1:
@@ -304,7 +329,7 @@ def validate(cfg: TrainConfig) -> None:
         raise DeblurGANError("cuda_graph needs a CUDA device (device is cpu)")
     if not cfg.optim.lr > 0 or cfg.optim.lr != cfg.optim.lr:
         raise DeblurGANError(f"optim.lr must be > 0 (got {cfg.optim.lr})")
-    for key in ("optim.beta1", "optim.beta2", "model.dropout"):
+    for key in ("optim.beta1", "optim.beta2", "model.generator.dropout", "model.critic.negative_slope"):
         if not 0.0 <= flat[key] < 1.0:
             raise DeblurGANError(f"{key} must be in [0, 1) (got {flat[key]})")
     if not 0.0 <= cfg.ema < 1.0:

@@ -18,19 +18,13 @@ from PIL import Image
 from deblurgan.checkpoint import atomic_save, load_checkpoint, load_generator
 from deblurgan.data import build_dataset
 from deblurgan.errors import DeblurGANError
-from deblurgan.metrics import psnr, ssim
+from deblurgan.metrics import psnr, ssim, to_uint8
 from deblurgan.vgg import vgg19_features
 from engine.config import make_config
+from engine.sampler import ResumableSampler
 from engine.samples import LABEL_HEIGHT, labeled_row
-from engine.trainer import (
-    ResumableSampler,
-    Trainer,
-    TrainingDiverged,
-    lr_factor,
-    lr_schedule_values,
-    plain_lrs,
-    to_uint8,
-)
+from engine.state import plain_lrs
+from engine.trainer import Trainer, TrainingDiverged, lr_factor, lr_schedule_values
 
 
 class TinyPairs(torch.utils.data.Dataset):
@@ -56,7 +50,7 @@ def vgg() -> torch.nn.Module:
 
 def tiny_cfg(**over):
     base = {
-        "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
+        "model": {"generator": {"ngf": 8, "n_blocks": 1}, "critic": {"ndf": 8, "n_layers": 2}},
         "loss": {"vgg_weights": "random"},
         "optim": {"epochs_constant": 2, "epochs_decay": 2, "critic_updates": 2},
         "data": {"crop": 32, "num_workers": 0},
@@ -289,7 +283,7 @@ def test_triton_kernels_on_cpu_is_a_clear_error(vgg, tmp_path, monkeypatch) -> N
     with pytest.raises(DeblurGANError, match="needs a CUDA device"):
         Trainer(tiny_cfg(model={"kernels": "triton"}), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
     tr = Trainer(tiny_cfg(model={"kernels": "auto"}), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
-    assert tr.kernels == "torch" and tr.checkpoint()["generator_config"]["kernels"] == "auto"
+    assert tr.kernels == "torch" and tr.checkpoint()["generator_config"]["kernels"] == "torch"  # saved resolved
     assert not (tmp_path / "run").exists()
 
 
@@ -371,7 +365,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run
     "switch, tol",
     [
         ({"channels_last": True}, 1e-3),  # TF32/cuDNN algorithm choices differ between layouts
-        ({"amp": "bf16", "channels_last": True, "model": {"dropout": 0.0, "kernels": "auto"}}, 0.06),
+        ({"amp": "bf16", "channels_last": True, "model": {"generator": {"dropout": 0.0}, "kernels": "auto"}}, 0.06),
     ],
 )
 def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol, full_fp32) -> None:
@@ -622,3 +616,38 @@ def test_time_limit_stops_saves_and_resume_continues(vgg, tmp_path, monkeypatch)
                    progress=False)  # fmt: skip
     assert done.step == stopped_at
     assert done.fit()["stopped_by_time_limit"] is False and done.step == 16
+
+
+def test_kernels_are_resolved_once_for_the_device_and_saved_resolved(vgg, tmp_path, monkeypatch) -> None:
+    """A run with kernels 'auto' on CPU saves 'torch': its checkpoint never builds Triton modules for a CPU run."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = tiny_cfg(max_steps=1, device="cpu", model={"kernels": "auto"})
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    assert tr.kernels == "torch" and tr.gen.config.kernels == "torch" and tr.critic_config.kernels == "torch"
+    tr.fit()
+    ckpt = load_checkpoint(tr.last_checkpoint)
+    assert ckpt["generator_config"]["kernels"] == "torch" and ckpt["critic_config"]["kernels"] == "torch"
+    assert ckpt["config"]["model"]["kernels"] == "auto"  # the run's own setting stays as given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine, loading for a CPU run
+    gen = load_generator(tr.last_checkpoint)
+    assert gen.config.kernels == "torch"
+    assert not any("InstanceNormAct" in type(m).__name__ for m in gen.modules())
+
+
+def test_one_definition_of_the_network_settings() -> None:
+    """ModelConfig holds the networks' own configs instead of repeating their fields; old flat keys still load."""
+    import dataclasses
+
+    from deblurgan.config import CriticConfig, GeneratorConfig
+    from engine.config import ModelConfig
+
+    own = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert not own & ({f.name for f in dataclasses.fields(GeneratorConfig)} - {"kernels"})
+    assert not own & ({f.name for f in dataclasses.fields(CriticConfig)} - {"kernels"})
+    cfg = make_config("paper")
+    assert isinstance(cfg.model.generator, GeneratorConfig) and isinstance(cfg.model.critic, CriticConfig)
+    old = make_config("paper", [{"model": {"ngf": 8, "n_blocks": 2, "dropout": 0.1, "learn_residual": False,
+                                           "ndf": 16, "n_layers_d": 2, "kernels": "auto"}}])  # fmt: skip
+    g, c = old.model.generator, old.model.critic
+    assert (g.ngf, g.n_blocks, g.dropout, g.learn_residual, c.ndf, c.n_layers) == (8, 2, 0.1, False, 16, 2)
+    assert old.model.kernels == "auto"

@@ -18,7 +18,8 @@ def test_paper_preset_is_the_papers_recipe() -> None:
     assert (cfg.optim.lr, cfg.optim.beta1, cfg.optim.beta2, cfg.optim.critic_updates) == (1e-4, 0.5, 0.999, 5)
     assert (cfg.optim.epochs_constant, cfg.optim.epochs_decay) == (150, 150)
     assert (cfg.data.batch_size, cfg.data.crop) == (1, 256)
-    assert (cfg.model.ngf, cfg.model.n_blocks, cfg.model.dropout) == (64, 9, 0.5)
+    g = cfg.model.generator
+    assert (g.ngf, g.n_blocks, g.dropout) == (64, 9, 0.5)
     assert cfg.loss.vgg_weights == "imagenet" and cfg.loss.vgg_normalize is False
     demo = make_config("demo")
     assert demo.loss.vgg_weights == "auto" and demo.data.crop < 256
@@ -71,7 +72,7 @@ def test_precedence_preset_then_yaml_then_overrides(tmp_path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({"optim": {"lr": 3e-4, "critic_updates": 3}, "ema": 0.99}))
     cfg, _ = _resolve(["--preset", "demo", "--config", str(f), "--critic-updates", "2"])
-    assert cfg.preset == "demo" and cfg.model.ngf == make_config("demo").model.ngf
+    assert cfg.preset == "demo" and cfg.model.generator.ngf == make_config("demo").model.generator.ngf
     assert cfg.optim.lr == 3e-4 and cfg.optim.critic_updates == 2 and cfg.ema == 0.99
 
 
@@ -100,8 +101,10 @@ def _resolve(argv):
         (["--beta1", "1.0"], "optim.beta1 must be in [0, 1)"),
         (["--channels-last", "maybe"], "channels_last must be bool"),
         (["--device", "tpu"], "device must be auto"),
-        (["--ngf"], "model.ngf must be int"),
-        (["--ndf", "-3"], "model.ndf must be >= 1"),
+        (["--ngf"], "model.generator.ngf must be int"),
+        (["--ndf", "-3"], "model.critic.ndf must be >= 1"),
+        (["--n-layers-d", "0"], "model.critic.n_layers must be >= 1"),
+        (["--model.generator.kernels", "triton"], "unknown config key --model.generator.kernels"),
         (["--pixel-weight", "-1"], "loss.pixel_weight must be >= 0"),
         (["--adv-weight", "0", "--content-weight", "0", "--pixel-weight", "0"], "nothing to train"),
         (["stray"], "unexpected argument 'stray'"),
@@ -315,7 +318,7 @@ def test_help_lists_the_common_options_and_how_to_see_every_key(capsys) -> None:
         assert flag in out, flag
     assert main(["--help-all"]) == 0
     out = capsys.readouterr().out
-    for key in ("--optim.beta1 0.9", "--data.blur-max-len 60.0", "--model.n-layers-d 3", "--loss.gp-norm sample"):
+    for key in ("--optim.beta1 0.9", "--data.blur-max-len 60.0", "--model.critic.n-layers 3", "--loss.gp-norm sample"):
         assert key in out, key
     cfg, _ = _resolve(["--data", "gopro:/x", "--out-dir=o", "--time-limit-s", "5", "--lr", "2e-4"])
     assert (cfg.data.train, cfg.out_dir, cfg.time_limit_s, cfg.optim.lr) == ("gopro:/x", "o", 5.0, 2e-4)
@@ -369,3 +372,36 @@ def test_the_project_speaks_of_itself_only() -> None:
     for name in ("engine/graphed.py", "bench/deepdeblur.py", "bench/FLOORS.md", "README.md", "docs/training.md"):
         text = (root / name).read_text()
         assert "/work/" not in text and "/root/" not in text and "shared/reference" not in text, name
+
+
+def test_an_old_style_run_folder_and_checkpoint_still_load_and_resume(tmp_path, capsys) -> None:
+    """config.yaml and checkpoints written with the flat `model` section (ngf, n_layers_d, ...) and kernels 'auto'."""
+    from deblurgan.checkpoint import atomic_save, load_checkpoint, load_generator
+
+    argv = ["--ngf", "8", "--n-blocks", "1", "--ndf", "8", "--crop", "32", "--critic-updates", "1",
+            "--vgg-weights", "random", "--val-max-images", "1", "--samples", "1", "--no-progress", "--threads", "1"]
+    before = torch.get_num_threads()
+    try:
+        assert main([*argv, "--max-steps", "2", "--name", "old", "--out-dir", str(tmp_path)]) == 0
+        run = tmp_path / "old"
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        g, c = saved["model"]["generator"], saved["model"]["critic"]
+        flat = {"ngf": g["ngf"], "n_blocks": g["n_blocks"], "dropout": g["dropout"],
+                "learn_residual": g["learn_residual"], "zero_init_last": saved["model"]["zero_init_last"],
+                "ndf": c["ndf"], "n_layers_d": c["n_layers"], "kernels": "auto"}  # fmt: skip
+        saved["model"] = flat
+        (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        path = run / "checkpoints" / "step_00000002.pt"
+        ckpt = load_checkpoint(path)
+        ckpt["config"]["model"] = flat
+        ckpt["generator_config"]["kernels"] = ckpt["critic_config"]["kernels"] = "auto"
+        atomic_save(ckpt, path)
+        assert load_generator(path).config.ngf == 8
+        capsys.readouterr()
+        assert main(["--resume", str(run), "--max-steps", "3", "--no-progress", "--threads", "1"]) == 0
+        err = capsys.readouterr().err
+        assert "resumed from" in err and "done: step 3" in err
+        resaved = yaml.safe_load((run / "config.yaml").read_text())["model"]
+        assert resaved["generator"]["ngf"] == 8 and resaved["critic"]["n_layers"] == c["n_layers"]
+    finally:
+        torch.set_num_threads(before)
