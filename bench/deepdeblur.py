@@ -8,8 +8,9 @@ input, so the two finer scales take 6 channels.
 
 The up-convolution is a 5x5 transposed conv 3->3 with stride 2 (the paper's wording, `upconv="transpose"`,
 11,719,953 parameters) or the authors' PyTorch port's conv 3->12 + PixelShuffle(2) (`upconv="pixelshuffle"`,
-11,721,321 parameters, the count in /work/shared/reference). The two differ by 1,368 parameters and a negligible
-number of FLOPs. Weights are random: this model is only timed, never asked to deblur.
+11,721,321 parameters, the count in the plain-PyTorch reference timings, H200, torch 2.11, 2026-11-26). The two
+differ by 1,368 parameters and a negligible number of FLOPs. Weights are random: this model is only timed, never
+asked to deblur.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """One full training iteration (1 generator forward, `critic_updates` critic steps with GP, 1 generator step with
-the VGG loss): eager defaults vs the engine's speed switches, at batch 1 and 16.
+the VGG loss): eager defaults vs the engine's speed switches, at batch 1 and 16 on CUDA (1 and 2 on CPU); test ids
+and rows name the batch and crop that ran, e.g. `test_bench_train_iteration[engine-b2-32px]` on CPU.
 
 CUDA: the paper's model and 256x256 crops; `eager` = PyTorch's defaults (fp32, NCHW, Adam, cudnn.benchmark off);
 `engine` = bf16 autocast + channels_last + fused Adam + Triton kernels (kernels="auto") + cudnn.benchmark;
@@ -32,8 +33,8 @@ class _NoData(torch.utils.data.Dataset):
 
 
 def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
-    model = pick(cpu={"ngf": 8, "n_blocks": 1, "ndf": 8}, cuda={})
-    over: dict = {"model": dict(model), "data": {"batch_size": batch, "crop": pick(cpu=32, cuda=256)}}
+    model = pick(cpu={"generator": {"ngf": 8, "n_blocks": 1}, "critic": {"ndf": 8}}, cuda={})
+    over: dict = {"model": dict(model), "data": {"batch_size": batch, "crop": CROP}}
     if settings.startswith("engine"):
         over.update(channels_last=True, compile=settings == "engine+compile", cuda_graph=settings == "engine+graph")
         if on_gpu():
@@ -49,14 +50,17 @@ def _trainer(tmp_path, settings: str, batch: int) -> Trainer:
     return Trainer(cfg, tmp_path / "run", _NoData(), vgg=vgg, progress=False)
 
 
-@pytest.mark.parametrize("batch", [1, 16])
+BATCHES = pick(cpu=(1, 2), cuda=(1, 16))
+CROP = pick(cpu=32, cuda=256)
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"b{b}-{CROP}px")
 @pytest.mark.parametrize("settings", ["eager", "engine", "engine+graph", "engine+compile"])
 def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -> None:
     if settings == "engine+graph" and not on_gpu():
         pytest.skip("CUDA graphs need a GPU")
     if settings == "engine+compile" and not (on_gpu() and os.environ.get("BENCH_TRAIN_COMPILE") == "1"):
         pytest.skip("set BENCH_TRAIN_COMPILE=1 on a GPU machine (compilation takes minutes)")
-    batch = batch if on_gpu() else min(batch, 2)
     tr = _trainer(tmp_path, settings, batch)
     crop = tr.cfg.data.crop
     g = torch.Generator().manual_seed(1)
@@ -71,7 +75,7 @@ def test_bench_train_iteration(benchmark, tmp_path, settings: str, batch: int) -
     losses = measure(
         benchmark,
         lambda: tr.train_step(blur, sharp),
-        case=f"train iteration b{batch} ({tr.cfg.optim.critic_updates} critic + 1 generator step)",
+        case=f"train iteration b{batch} {crop}px ({tr.cfg.optim.critic_updates} critic + 1 generator step)",
         backend=settings,
         shape=[batch, 3, crop, crop],
         dtype=dtype,

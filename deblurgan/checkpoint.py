@@ -18,6 +18,7 @@ Only plain containers, numbers, strings and tensors are stored, so `weights_only
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # any failure to unpickle means a bad file, whatever torch raised
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_why_unreadable(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def _why_unreadable(e: Exception) -> str:
+    """A short reason for a failed safe load; never torch's hint to load unsafely."""
+    text = str(e)
+    if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
+        return "truncated or corrupt file"
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return "not a PyTorch checkpoint, or one holding Python objects beyond tensors and plain containers"
+    return f"{type(e).__name__}; expected a file written by torch.save"
 
 
 def load_generator(

@@ -20,6 +20,9 @@ Spec grammar (`DeblurGANError` with a one-line message for anything else):
     combined:PART+PART[+...][@W:W..] a mix of the parts above with integer weights, e.g.
                                      combined:synthetic:/data/sharp+gopro:/data/GOPRO@2:1 (DeblurGAN-Comb);
                                      for split="val" the parts are simply concatenated (every item once)
+    DIR                              a bare folder, read by its layout (`folder_spec`): gopro:DIR when it holds
+                                     [train/]<sequence>/{blur,sharp}/, paired:DIR/blur,DIR/sharp when it holds
+                                     blur/ and sharp/, else synthetic:DIR (its images are the sharp sources)
 
 Transforms: split="train" takes one random `crop` x `crop` window and a random horizontal flip, the same for both
 images of a pair; frames smaller than the crop are reflect-padded (not upscaled: scaling would change the blur
@@ -482,6 +485,27 @@ class CombinedDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------- specs
+KINDS = ("gopro", "gopro_gamma", "aligned", "paired", "synthetic", "combined", "skimage")
+
+
+def folder_spec(folder: str | Path) -> tuple[str, str]:
+    """The spec a bare folder stands for, and a few words saying why (the layout found)."""
+    root = _existing_dir(str(folder), "data")
+    base = _split_root(root, "train")
+    if any((p / "sharp").is_dir() and (p / "blur").is_dir() for p in base.iterdir() if p.is_dir()):
+        return f"gopro:{folder}", "GoPro layout: <sequence>/blur and <sequence>/sharp pairs"
+    if (root / "blur").is_dir() and (root / "sharp").is_dir():
+        return f"paired:{root / 'blur'},{root / 'sharp'}", "blur/ and sharp/ folders: pairs matched by file name"
+    return f"synthetic:{folder}", "no blur/sharp pairs: its images are sharp, blurred on the fly (camera shake)"
+
+
+def is_bare_folder(spec: str | None) -> bool:
+    """Whether a spec is a plain path rather than KIND:... (or the bundled samples)."""
+    if spec is None or spec.strip() in ("", "skimage"):
+        return False
+    return spec.strip().partition(":")[0] not in KINDS
+
+
 def build_dataset(
     spec: str | None,
     split: str = "train",
@@ -524,6 +548,14 @@ def build_dataset(
             return ConcatDataset(parts)
         return CombinedDataset(parts, weights)
     kind, sep, arg = spec.partition(":")
+    if kind not in KINDS:
+        if Path(spec).expanduser().is_dir():
+            return build_dataset(folder_spec(spec)[0], split, crop, seed, blur_max_len=blur_max_len)
+        if not sep or "/" in kind or "\\" in kind:
+            raise DeblurGANError(
+                f"data {spec!r}: no such folder (give a folder of images, or KIND:PATH with KIND one of "
+                f"{', '.join(KINDS[:-1])})"
+            )
     if not sep or not arg.strip():
         raise DeblurGANError(
             f"bad dataset spec {spec!r}: expected KIND:PATH (gopro, gopro_gamma, aligned, paired, "

@@ -1,7 +1,7 @@
 """DeblurGAN losses: perceptual (VGG19 conv3_3) content loss and the WGAN critic/generator terms.
 
 L_G = -mean D(G(B)) + content_weight * MSE(phi(G(B)), phi(S))   (the paper; the trainer can add pixel_loss)
-L_D = mean D(G(B)) - mean D(S) + gp_weight * GP       (GP is added by the trainer)
+L_D = mean D(G(B)) - mean D(S) + gp_weight * GP       (`compute_gp`, added by the trainer)
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.gradient_penalty import gradient_penalty_reference
+
+from .layers import resolve_backend
 from .vgg import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -57,3 +60,15 @@ def generator_adv_loss(d_fake: torch.Tensor) -> torch.Tensor:
 def wasserstein_estimate(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """mean D(real) - mean D(fake): the critic's estimate of the Wasserstein-1 distance."""
     return d_real.float().mean() - d_fake.float().mean()
+
+
+def compute_gp(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str, kernels: str = "torch"
+) -> torch.Tensor:
+    """The weighted gradient penalty: 'torch' = plain autograd (the reference), 'triton' = the fused kernels of
+    `kernels.gradient_penalty`, 'auto' as `deblurgan.layers.resolve_backend` for the inputs' device."""
+    if resolve_backend(kernels, real.device) == "triton":
+        from kernels.gradient_penalty import gradient_penalty
+
+        return gradient_penalty(critic, real, fake, weight, mode)
+    return gradient_penalty_reference(critic, real, fake, weight, mode)

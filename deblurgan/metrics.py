@@ -68,3 +68,14 @@ def psnr_batch(pred: torch.Tensor, target: torch.Tensor, quantize: bool = True) 
         p, t = torch.round(p), torch.round(t)
     mse = ((p - t) ** 2).mean(dim=(1, 2, 3))
     return 10 * torch.log10(255.0**2 / mse)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """3xHxW in [-1, 1] -> HxWx3 uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+def psnr_ssim(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(PSNR, SSIM) of two uint8 HxWx3 images."""
+    return psnr(a, b), ssim(a, b)

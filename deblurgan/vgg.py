@@ -8,6 +8,8 @@ cache or the official download URL.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ VGG19_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 2
     512, 512, 512, 512, "M") * 2  # fmt: skip
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
+NOT_FOUND = "ImageNet VGG19 weights not found"
 CONV3_3 = 15  # features[:15] ends with conv3_3 (index 14), before its ReLU
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,39 +86,44 @@ def load_vgg19_features(weights: str = "imagenet", download: bool = True) -> tup
     """
     if weights == "random":
         model, source = vgg19_features(), "random"
+        print("warning: --vgg-weights random: the perceptual loss is NOT the paper's loss", file=sys.stderr)
     elif weights in ("imagenet", "auto"):
         try:
             model, source = _imagenet(download), "imagenet"
         except DeblurGANError as e:
             if weights == "imagenet":
                 raise
-            print(f"warning: {e}; using RANDOM VGG19 features (not the paper's perceptual loss)", file=sys.stderr)
+            reason = str(e).split(":", 1)[0] if str(e).startswith(NOT_FOUND) else str(e)
+            print(f"warning: {reason}: using random VGG19 features, so the perceptual loss is NOT the paper's loss "
+                  f"(--vgg-weights PATH uses a file)", file=sys.stderr)  # fmt: skip
             model, source = vgg19_features(), "random"
     else:
         path = Path(os.path.expanduser(weights))
         if not path.is_file():
             raise DeblurGANError(f"--vgg-weights {weights}: file not found")
         model, source = _load_features_state(_read(path), str(path)), str(path)
-    if source == "random":
-        print("warning: VGG19 weights are random: the perceptual loss is NOT the paper's loss", file=sys.stderr)
     head = model[:CONV3_3]
     head.eval().requires_grad_(False)
     return head, source
 
 
 def _imagenet(download: bool) -> nn.Sequential:
+    """The hub cache first; else one quiet download attempt (torch.hub prints 'Downloading: ...' itself)."""
     cached = hub_cache_path()
     if cached.is_file():
         return _load_features_state(_read(cached), str(cached))
     if download:
         try:
-            state = torch.hub.load_state_dict_from_url(VGG19_URL, map_location="cpu", progress=False)
-            return _load_features_state(state, VGG19_URL)
+            with contextlib.redirect_stderr(io.StringIO()):
+                state = torch.hub.load_state_dict_from_url(VGG19_URL, map_location="cpu", progress=False)
+            model = _load_features_state(state, VGG19_URL)
+            print(f"downloaded the ImageNet VGG19 weights to {cached}", file=sys.stderr)
+            return model
         except DeblurGANError:
             raise
         except Exception:
             pass
     raise DeblurGANError(
-        f"ImageNet VGG19 weights not found: pass --vgg-weights PATH (a torchvision vgg19 state dict) "
-        f"or put {VGG19_FILE} in the torch hub cache ({cached}) / allow its download"
+        f"{NOT_FOUND} ({cached} is missing and the download failed): pass --vgg-weights PATH "
+        f"(a torchvision vgg19 state dict), or put {VGG19_FILE} in {cached.parent}"
     )

@@ -3,10 +3,13 @@
 Precedence: preset < YAML file (`--config F`) < command-line overrides. Keys may be dotted
 (`--optim.lr 2e-4`) or a field name that is unique across sections (`--lr 2e-4`, `--gp-norm pixel`).
 Unknown keys, wrong types and out-of-range values raise DeblurGANError before any work starts.
+The networks' settings are `deblurgan.config`'s GeneratorConfig and CriticConfig (`model.generator`, `model.critic`);
+config files of the earlier flat layout (`model.ngf`, `model.n_layers_d`, ...) still load.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -16,20 +19,31 @@ from typing import Any
 
 import yaml
 
+from deblurgan.config import CriticConfig, GeneratorConfig
 from deblurgan.errors import DeblurGANError
 from deblurgan.fsutil import atomic_write_text
 
 
 @dataclass
 class ModelConfig:
-    ngf: int = 64
-    n_blocks: int = 9
-    dropout: float = 0.5
-    learn_residual: bool = True
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     zero_init_last: bool = False  # zero the last conv: with learn_residual the generator starts as the identity
-    ndf: int = 64
-    n_layers_d: int = 3
-    kernels: str = "torch"  # IN+activation (and later GP) implementation: torch | triton | auto
+    kernels: str = "torch"  # IN+activation and GP implementation: torch | triton | auto (resolved per device)
+
+
+# Fields of the network configs that the trainer sets itself (RGB data, instance norm, the resolved `kernels`).
+TRAINER_SET = frozenset({"in_channels", "out_channels", "norm", "kernels"})
+NETWORK_CONFIGS = (GeneratorConfig, CriticConfig)
+# The earlier flat `model` section: key -> (network, field).
+LEGACY_MODEL_KEYS = {"ngf": ("generator", "ngf"), "n_blocks": ("generator", "n_blocks"),
+                     "dropout": ("generator", "dropout"), "learn_residual": ("generator", "learn_residual"),
+                     "ndf": ("critic", "ndf"), "n_layers_d": ("critic", "n_layers")}  # fmt: skip
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    """The config keys of a section (network configs without the fields the trainer sets)."""
+    return [f for f in fields(cls) if not (cls in NETWORK_CONFIGS and f.name in TRAINER_SET)]
 
 
 @dataclass
@@ -73,7 +87,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_steps: int = 0  # 0 = run all epochs; >0 stops after this many generator steps
-    time_limit_s: float = 0.0  # 0 = no limit; >0 stops training after this many seconds (then validates, saves)
+    time_limit_s: float = 0.0  # 0 = none; >0 stops after this many seconds of this process (validates, saves)
+    threads: int = 0  # CPU runs: torch intra-op threads; 0 = the idle cores at start (or OMP_NUM_THREADS)
     save_every: int = 1000  # checkpoint every N steps (plus one per epoch)
     keep_last: int = 3  # step checkpoints kept (plus best.pt)
     log_every: int = 50
@@ -101,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_every": 16,
         "ema": 0.99,
         "loss": {"vgg_weights": "auto", "pixel_weight": 100.0},
-        "model": {"ngf": 32, "n_blocks": 6, "dropout": 0.0, "zero_init_last": True},
+        "model": {"generator": {"ngf": 32, "n_blocks": 6, "dropout": 0.0}, "zero_init_last": True},
         "optim": {"beta1": 0.9, "epochs_constant": 3, "epochs_decay": 1, "critic_updates": 1},
         "data": {"crop": 64, "num_workers": 0, "val_max_images": 4},
     },
@@ -132,19 +147,24 @@ CHOICES = {
 
 # What the paper optimises (loss, optimiser, init), as opposed to scale (model size, crop, epochs, batch).
 RECIPE_KEYS = ["loss.adv_weight", "loss.content_weight", "loss.pixel_weight", "loss.gp_weight", "loss.gp_norm",
-               "optim.lr", "optim.beta1", "optim.beta2", "optim.critic_updates", "model.dropout",
-               "model.learn_residual", "model.zero_init_last", "data.blur_max_len"]  # fmt: skip
+               "optim.lr", "optim.beta1", "optim.beta2", "optim.critic_updates", "model.generator.dropout",
+               "model.generator.learn_residual", "model.zero_init_last", "data.blur_max_len"]  # fmt: skip
 
 
 def recipe_deviations(cfg: TrainConfig) -> list[str]:
     """'key value (paper: value)' for each recipe key that differs from the paper's; [] for the paper recipe."""
-    ours, paper = _flatten(to_dict(cfg)), _flatten(to_dict(TrainConfig()))
+    ours, paper = flatten(to_dict(cfg)), flatten(to_dict(TrainConfig()))
     return [f"{k} {ours[k]:g} (paper: {paper[k]:g})" if isinstance(ours[k], float) else
             f"{k} {ours[k]} (paper: {paper[k]})" for k in RECIPE_KEYS if ours[k] != paper[k]]  # fmt: skip
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as nested plain dicts (what config.yaml and checkpoints hold)."""
+    out = {}
+    for f in _fields(type(cfg)):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_dict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
+    return out
 
 
 def make_config(preset: str = "paper", overrides: list[dict] | None = None) -> TrainConfig:
@@ -211,7 +231,7 @@ def _all_keys() -> dict[str, list[tuple[str, ...]]]:
 
     def walk(cls: type, prefix: tuple[str, ...]) -> None:
         hints = typing.get_type_hints(cls)
-        for f in fields(cls):
+        for f in _fields(cls):
             if dataclasses.is_dataclass(hints[f.name]):
                 walk(hints[f.name], prefix + (f.name,))
             else:
@@ -221,7 +241,8 @@ def _all_keys() -> dict[str, list[tuple[str, ...]]]:
     return leaves
 
 
-ALIASES = {"data": ("data", "train")}  # --data gopro:PATH
+ALIASES = {"data": ("data", "train"), "n_layers_d": ("model", "critic", "n_layers")}  # --data gopro:PATH
+ALIASES.update({f"model.{k}": ("model", *v) for k, v in LEGACY_MODEL_KEYS.items()})  # the earlier flat keys
 
 
 def resolve_key(key: str) -> tuple[str, ...]:
@@ -245,8 +266,12 @@ def _merge(cfg: Any, d: dict, prefix: str) -> None:
     if not isinstance(d, dict):
         raise DeblurGANError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping")
     hints = typing.get_type_hints(type(cfg))
-    names = {f.name for f in fields(cfg)}
+    names = {f.name for f in _fields(type(cfg))}
     for k, v in d.items():
+        if isinstance(cfg, ModelConfig) and k in LEGACY_MODEL_KEYS:  # a config.yaml of the earlier flat layout
+            net, name = LEGACY_MODEL_KEYS[k]
+            _merge(getattr(cfg, net), {name: v}, f"{prefix}{net}.")
+            continue
         if k not in names:
             raise DeblurGANError(f"unknown config key {prefix}{k}")
         t = hints[k]
@@ -290,23 +315,27 @@ def _coerce(v: Any, t: Any, key: str) -> Any:
 
 def validate(cfg: TrainConfig) -> None:
     """Reject values that would fail (or silently misbehave) later."""
-    flat = _flatten(to_dict(cfg))
+    flat = flatten(to_dict(cfg))
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise DeblurGANError(f"{key} must be one of {', '.join(allowed)} (got {flat[key]!r})")
-    positive = ["model.ngf", "model.n_blocks", "model.ndf", "model.n_layers_d", "optim.critic_updates",
+    positive = ["model.generator.ngf", "model.generator.n_blocks", "model.critic.ndf", "model.critic.n_layers",
+                "optim.critic_updates",
                 "data.batch_size", "save_every", "keep_last", "log_every", "val_every_epochs"]  # fmt: skip
     for key in positive:
         if flat[key] < 1:
             raise DeblurGANError(f"{key} must be >= 1 (got {flat[key]})")
-    non_negative = ["max_steps", "samples", "data.num_workers", "data.val_max_images", "optim.epochs_constant",
+    non_negative = ["max_steps", "time_limit_s", "threads", "samples", "data.num_workers", "data.val_max_images",
+                    "optim.epochs_constant",
                     "optim.epochs_decay", "loss.content_weight", "loss.gp_weight", "loss.adv_weight",
-                    "loss.pixel_weight", "time_limit_s"]  # fmt: skip
+                    "loss.pixel_weight"]  # fmt: skip
     for key in non_negative:
         if flat[key] < 0:
             raise DeblurGANError(f"{key} must be >= 0 (got {flat[key]})")
     if cfg.loss.adv_weight + cfg.loss.content_weight + cfg.loss.pixel_weight == 0:
         raise DeblurGANError("loss.adv_weight, loss.content_weight and loss.pixel_weight are all 0: nothing to train")
+    if cfg.time_limit_s != cfg.time_limit_s:
+        raise DeblurGANError("time_limit_s must be a number of seconds (got nan)")
     if cfg.optim.epochs_constant + cfg.optim.epochs_decay < 1:
         raise DeblurGANError("optim.epochs_constant + optim.epochs_decay must be >= 1")
     if cfg.cuda_graph and cfg.compile:
@@ -315,7 +344,7 @@ def validate(cfg: TrainConfig) -> None:
         raise DeblurGANError("cuda_graph needs a CUDA device (device is cpu)")
     if not cfg.optim.lr > 0 or cfg.optim.lr != cfg.optim.lr:
         raise DeblurGANError(f"optim.lr must be > 0 (got {cfg.optim.lr})")
-    for key in ("optim.beta1", "optim.beta2", "model.dropout"):
+    for key in ("optim.beta1", "optim.beta2", "model.generator.dropout", "model.critic.negative_slope"):
         if not 0.0 <= flat[key] < 1.0:
             raise DeblurGANError(f"{key} must be in [0, 1) (got {flat[key]})")
     if not 0.0 <= cfg.ema < 1.0:
@@ -333,11 +362,11 @@ def validate(cfg: TrainConfig) -> None:
         raise DeblurGANError(f"name must be a plain folder name (got {cfg.name!r})")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

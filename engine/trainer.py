@@ -3,44 +3,56 @@
 One iteration = one generator forward, `critic_updates` critic steps with gradient penalty on the same batch,
 then one generator step (as the authors' `optimize_parameters`). Checkpoints are atomic and carry everything
 needed to resume bit-for-bit on the same hardware: models, optimizers, schedulers, RNG states, data position.
+The pieces around the loop live beside it: `ema`, `sampler` (resumable sharding), `distributed` (torchrun),
+`state` (RNG states, checkpoint files, CSV logs) and `samples` (the labelled sample grid).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from deblurgan.checkpoint import atomic_save, load_checkpoint, load_state_dict_strict, make_checkpoint
-from deblurgan.config import CriticConfig, GeneratorConfig, config_to_dict
-from deblurgan.data import item_seeds, takes_item_seed
+from deblurgan.config import config_to_dict
+from deblurgan.data import takes_item_seed
 from deblurgan.errors import CheckpointError, DeblurGANError
 from deblurgan.fsutil import atomic_write_text
+from deblurgan.inference import pad_to_multiple
 from deblurgan.io import write_image
 from deblurgan.layers import resolve_backend
-from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, pixel_loss, wasserstein_estimate
-from deblurgan.metrics import psnr, ssim
+from deblurgan.losses import (
+    PerceptualLoss,
+    compute_gp,
+    critic_loss,
+    generator_adv_loss,
+    pixel_loss,
+    wasserstein_estimate,
+)
+from deblurgan.metrics import psnr_ssim, to_uint8
 from deblurgan.networks import Critic, Generator
 from deblurgan.vgg import load_vgg19_features
-from kernels.gradient_penalty import gradient_penalty_reference
 
 from .config import TrainConfig, to_dict
+from .distributed import average_gradients, broadcast_module, setup_distributed
+from .ema import EMA
 from .graphed import GraphedStep
+from .sampler import ResumableSampler
+from .samples import labeled_row, stack_rows
+from .state import append_csv_row, plain_lrs, rng_state, set_rng_state, step_checkpoints, truncate_csv
 
 LOG_FIELDS = ["step", "epoch", "loss_d", "loss_g", "loss_g_adv", "loss_content", "gp", "wasserstein", "loss_pixel",
               "lr", "it_per_s", "img_per_s", "time"]  # fmt: skip
@@ -64,19 +76,6 @@ def lr_factor(epoch: int, epochs_constant: int, epochs_decay: int) -> float:
     return max(0.0, 1.0 - (epoch - epochs_constant) / epochs_decay)
 
 
-def compute_gp(
-    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str, backend: str = "torch"
-) -> torch.Tensor:
-    """The gradient penalty through the chosen implementation: 'torch' = plain autograd (the reference),
-    'triton' = the fused kernels of `kernels.gradient_penalty`, 'auto' as `deblurgan.layers.resolve_backend`."""
-    backend = resolve_backend(backend, real.device)
-    if backend == "triton":
-        from kernels.gradient_penalty import gradient_penalty
-
-        return gradient_penalty(critic, real, fake, weight, mode)
-    return gradient_penalty_reference(critic, real, fake, weight, mode)
-
-
 def zero_last_conv(gen: nn.Module) -> None:
     """Zero the weights and bias of the generator's last convolution (not the paper's N(0, 0.02) init).
 
@@ -90,92 +89,22 @@ def zero_last_conv(gen: nn.Module) -> None:
             last.bias.zero_()
 
 
-class ResumableSampler(Sampler[int | tuple[int, int]]):
-    """DistributedSampler's shuffling and sharding, plus a start offset so a resumed run skips what it has seen.
-
-    The permutation of epoch e depends only on (seed, e), so every rank and every resume agrees on it. With
-    `item_seeds` it yields (index, item_seed) pairs instead of indices (for datasets that `takes_item_seed`):
-    the seed of the item at position p of the padded, unsharded epoch is `deblurgan.data.item_seeds(seed, e,
-    ...)[p]`, so an item's random crop/flip/blur is the same whichever worker, rank or resumed run loads it.
-    """
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, item_seeds: bool = False) -> None:
-        self.n, self.seed, self.rank, self.world, self.item_seeds = n, seed, rank, world, item_seeds
-        self.epoch, self.start = 0, 0
-        self.per_rank = math.ceil(n / world)
-
-    def set_position(self, epoch: int, start: int) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[int | tuple[int, int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        idx = torch.randperm(self.n, generator=g).tolist()
-        idx += idx[: self.per_rank * self.world - self.n]  # pad to equal shards, as DistributedSampler does
-        keys: list = idx
-        if self.item_seeds:  # the seed of a position, before sharding: the same on every rank and world size
-            keys = list(zip(idx, item_seeds(self.seed, self.epoch, len(idx)), strict=True))
-        return iter(keys[self.rank :: self.world][self.start :])
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start
+def triton_can_run(device: torch.device) -> bool:
+    """Whether Triton kernels can run on `device`: CUDA, or the Triton interpreter on CPU."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-class EMA:
-    """Exponential moving average of generator weights (float copy, updated after each generator step)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.params = [p.detach().clone() for p in model.parameters()]
-        self.model = model
-
-    @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self.params, [p.detach() for p in self.model.parameters()], 1.0 - self.decay)
-
-    def state_dict(self) -> dict:
-        names = [n for n, _ in self.model.named_parameters()]
-        return {n: p.detach().cpu().clone() for n, p in zip(names, self.params, strict=True)}
-
-    def load_state_dict(self, state: dict) -> None:
-        for (n, _), p in zip(self.model.named_parameters(), self.params, strict=True):
-            p.copy_(state[n])
-
-
-def psnr_ssim(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """PSNR/SSIM of two uint8 HxWx3 images (scikit-image definitions, via deblurgan.metrics)."""
-    return float(psnr(a, b)), float(ssim(a, b))
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """3xHxW in [-1, 1] -> HxWx3 uint8."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 0).numpy()
+def resolve_kernels(choice: str, device: torch.device) -> str:
+    """torch | triton for this device: 'auto' picks, 'triton' where it cannot run is a one-line error."""
+    kernels = resolve_backend(choice, device)
+    if kernels == "triton" and not triton_can_run(device):
+        raise DeblurGANError("--kernels triton needs a CUDA device (use --kernels auto or torch)")
+    return kernels
 
 
 def lr_schedule_values(cfg: TrainConfig, epochs: list[int]) -> list[float]:
+    """The learning rate at the start of each of `epochs`."""
     return [cfg.optim.lr * lr_factor(e, cfg.optim.epochs_constant, cfg.optim.epochs_decay) for e in epochs]
-
-
-# --- distributed ----------------------------------------------------------------------------------
-
-
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); initialises torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and world > 1:
-        device = f"cuda:{local}"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeblurGANError(f"device {device} requested but CUDA is not available")
-        torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world, dev
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -187,23 +116,6 @@ def _check_cuda_graph(device: torch.device, world: int) -> None:
         raise DeblurGANError(f"--cuda-graph needs a CUDA device (the run is on {device}); drop --cuda-graph")
     if world > 1:
         raise DeblurGANError("--cuda-graph supports one process only (not torchrun with several)")
-
-
-def plain_lrs(state: dict) -> dict:
-    """A copy of an optimizer or LR-scheduler state_dict with tensor learning rates as floats.
-
-    CUDA-graph runs keep learning rates as device tensors; checkpoints hold floats whichever way they were made,
-    so a run resumes with or without `--cuda-graph` and on any device.
-    """
-    f = lambda v: float(v) if isinstance(v, torch.Tensor) else v
-    out = dict(state)
-    if "param_groups" in out:
-        out["param_groups"] = [{k: f(v) if k in ("lr", "initial_lr") else v for k, v in g.items()}
-                               for g in out["param_groups"]]  # fmt: skip
-    for key in ("base_lrs", "_last_lr"):
-        if key in out:
-            out[key] = [f(v) for v in out[key]]
-    return out
 
 
 class Trainer:
@@ -248,25 +160,20 @@ class Trainer:
         random.seed(cfg.seed + self.rank)
 
         m = cfg.model
-        # 'auto' is resolved for this device; the checkpoint keeps the user's choice so it loads anywhere
-        self.kernels = resolve_backend(m.kernels, self.device)
-        if self.kernels == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise DeblurGANError("--kernels triton needs a CUDA device (use --kernels auto or torch)")
-        gcfg = GeneratorConfig(ngf=m.ngf, n_blocks=m.n_blocks, dropout=m.dropout, learn_residual=m.learn_residual,
-                               kernels=self.kernels)  # fmt: skip
-        self.gen = Generator(gcfg).to(self.device)
+        # the one place `kernels` is resolved: for this device, into both networks' configs (and so checkpoints)
+        self.kernels = resolve_kernels(m.kernels, self.device)
+        self.gen = Generator(replace(m.generator, kernels=self.kernels)).to(self.device)
         if m.zero_init_last:
             zero_last_conv(self.gen)
-        self.gen.config.kernels = m.kernels
-        self.critic = Critic(CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=self.kernels)).to(self.device)
-        self.critic_config = CriticConfig(ndf=m.ndf, n_layers=m.n_layers_d, kernels=m.kernels)
+        self.critic_config = replace(m.critic, kernels=self.kernels)
+        self.critic = Critic(self.critic_config).to(self.device)
         self.perceptual = PerceptualLoss(vgg, normalize=cfg.loss.vgg_normalize).to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         for mod in (self.gen, self.critic, self.perceptual):
             mod.to(memory_format=self.memory_format)
         if self.world > 1:  # ranks are seeded differently: start from rank 0's weights (before the EMA copy)
-            self._broadcast(self.gen)
-            self._broadcast(self.critic)  # the critic is not wrapped in DDP (see _sync_critic_grads)
+            broadcast_module(self.gen)
+            broadcast_module(self.critic)  # the critic is not wrapped in DDP (see _step)
 
         o = cfg.optim
         flags = {"fused": True} if (o.fused_adam and self.device.type == "cuda") else {}
@@ -309,6 +216,7 @@ class Trainer:
         self.best_psnr, self.best_step = -math.inf, -1
         self.last_checkpoint: Path | None = None
         self.tb = None
+        self.time_up = False
         if resume:
             self._resume()
 
@@ -351,7 +259,7 @@ class Trainer:
                 gp = compute_gp(self.critic, sharp, fake_d, cfg.loss.gp_weight, cfg.loss.gp_norm, self.kernels)
                 loss_d = critic_loss(d_real, d_fake) + gp
             loss_d.backward()
-            self._sync_critic_grads()
+            average_gradients(self.critic, self.world)  # by hand: DDP's hooks do not support the GP's double backward
             self.opt_d.step()
         self.critic.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
@@ -370,23 +278,6 @@ class Trainer:
         w = wasserstein_estimate(d_real, d_fake)
         return torch.stack([loss_d, loss_g, adv, content, gp, w, pixel]).detach().float()
 
-    def _sync_critic_grads(self) -> None:
-        """Average critic gradients over ranks by hand: DDP's hooks do not support the GP's double backward."""
-        if self.world == 1:
-            return
-        grads = [p.grad for p in self.critic.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def _broadcast(self, module: nn.Module) -> None:
-        for t in module.state_dict().values():
-            torch.distributed.broadcast(t, src=0)
-
     # -- the loop --------------------------------------------------------------------------------
 
     def _loader(self) -> DataLoader:
@@ -404,11 +295,20 @@ class Trainer:
 
     def _done(self) -> bool:
         return (self.epoch >= self.total_epochs or (self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps)
-                or self._out_of_time())  # fmt: skip
+                or self.time_up)  # fmt: skip
 
-    def _out_of_time(self) -> bool:
-        t0 = getattr(self, "t_start", None)
-        return bool(self.cfg.time_limit_s) and t0 is not None and time.perf_counter() - t0 >= self.cfg.time_limit_s
+    def _check_time(self) -> bool:
+        """Whether `time_limit_s` has passed (rank 0 decides for every rank, every `log_every` steps)."""
+        limit = self.cfg.time_limit_s
+        if limit <= 0:
+            return False
+        if self.world == 1:
+            self.time_up = time.perf_counter() - self.t_start >= limit
+        elif self.step % self.cfg.log_every == 0:
+            flag = torch.tensor([float(time.perf_counter() - self.t_start >= limit)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            self.time_up = bool(flag.item())
+        return self.time_up
 
     def fit(self) -> dict:
         """Train to the end (or `max_steps`); returns the final metrics dict (also in metrics.json)."""
@@ -430,7 +330,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=min(self.step, total), unit="it", dynamic_ncols=True, file=sys.stderr)
         t0, window, t_win = time.perf_counter(), [], time.perf_counter()
-        self.t_start = t0
+        self.t_start, self.time_up = t0, False
         last_val = None
         while not self._done():
             self.gen.train()
@@ -448,8 +348,15 @@ class Trainer:
                     now = time.perf_counter()
                     self._log_train(window, now - t_win)
                     window, t_win = [], now
-                if (cfg.max_steps and self.step >= cfg.max_steps) or self._out_of_time():
+                if cfg.max_steps and self.step >= cfg.max_steps:
                     break  # saved (with a validation) below
+                if self._check_time():
+                    msg = f"time limit ({cfg.time_limit_s:g} s) reached at step {self.step}: validating and saving"
+                    if bar is not None:
+                        bar.write(msg, file=sys.stderr)
+                    elif self.is_main:
+                        print(msg, file=sys.stderr)
+                    break
                 if self.step % cfg.save_every == 0:
                     pause = time.perf_counter()
                     self.save()
@@ -463,7 +370,7 @@ class Trainer:
                 if self.epoch % cfg.val_every_epochs == 0 or self._done():
                     last_val = self.validate()
                 self.save(val=last_val)
-            elif self._done():  # stopped by max_steps in the middle of an epoch
+            elif self._done():  # stopped by max_steps or time_limit_s in the middle of an epoch
                 last_val = self.validate()
                 self.save(val=last_val)
             t_win += time.perf_counter() - pause  # throughput counts training only
@@ -512,22 +419,23 @@ class Trainer:
             item = self.val_set[i]
             blur = item["blur"].unsqueeze(0).to(self.device)
             with self._autocast():
-                out = _run_padded(model, blur)[0]
+                h, w = blur.shape[-2:]
+                out = model(pad_to_multiple(blur))[0, :, :h, :w].float()
             a, b, blurred = to_uint8(out), to_uint8(item["sharp"]), to_uint8(item["blur"])
             scores.append(psnr_ssim(a, b) + psnr_ssim(blurred, b))  # restored, and the blurred input as a baseline
             if len(rows) < self.cfg.samples:
-                rows.append(np.concatenate([blurred, a, b], axis=1))
+                rows.append(labeled_row(blurred, a, b, psnr_in=scores[-1][2], psnr_out=scores[-1][0]))
         self.gen.train()
         psnr, ssim, psnr_in, ssim_in = (float(np.mean([s[k] for s in scores])) for k in range(4))
         val = {"step": self.step, "epoch": self.epoch, "psnr": psnr, "ssim": ssim, "psnr_input": psnr_in,
                "ssim_input": ssim_in, "weights": which}  # fmt: skip
         if rows:
-            grid = _stack_rows(rows)
+            grid = stack_rows(rows)
             write_image(self.run_dir / "samples" / f"step_{self.step:08d}.png", grid)
             write_image(self.run_dir / "samples" / "latest.png", grid)
             if self.tb is not None:
                 self.tb.add_image("val/blurred_restored_sharp", grid, self.step, dataformats="HWC")
-        self._csv_row(self.val_csv, VAL_FIELDS, val)
+        append_csv_row(self.val_csv, VAL_FIELDS, val)
         if self.tb is not None:
             self.tb.add_scalar("val/psnr", psnr, self.step)
             self.tb.add_scalar("val/ssim", ssim, self.step)
@@ -547,7 +455,7 @@ class Trainer:
             "opt_d": plain_lrs(self.opt_d.state_dict()),
             "sched_g": plain_lrs(self.sched_g.state_dict()),
             "sched_d": plain_lrs(self.sched_d.state_dict()),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "best_psnr": self.best_psnr if math.isfinite(self.best_psnr) else None,
             "best_step": self.best_step,
         }
@@ -573,12 +481,12 @@ class Trainer:
         self.last_checkpoint = path
         if is_best:
             atomic_save(ckpt, self.ckpt_dir / "best.pt")
-        for old in _step_checkpoints(self.ckpt_dir)[: -self.cfg.keep_last]:
+        for old in step_checkpoints(self.ckpt_dir)[: -self.cfg.keep_last]:
             old.unlink(missing_ok=True)
         return path
 
     def _resume(self) -> None:
-        ckpts = _step_checkpoints(self.ckpt_dir)
+        ckpts = step_checkpoints(self.ckpt_dir)
         if not ckpts:
             raise DeblurGANError(f"--resume: no checkpoints in {self.ckpt_dir}")
         for path in reversed(ckpts):  # the newest readable one (atomic saves make a bad file very unlikely)
@@ -608,7 +516,7 @@ class Trainer:
         self.best_psnr = ts["best_psnr"] if ts.get("best_psnr") is not None else -math.inf
         self.best_step = ts.get("best_step", -1)
         if ts.get("world_size", 1) == self.world and self.rank == 0:
-            _set_rng_state(ts["rng"])
+            set_rng_state(ts["rng"])
         else:  # other ranks (or a different world size) reseed deterministically
             torch.manual_seed(self.cfg.seed + self.rank + 1000 * self.step)
         self.last_checkpoint = path
@@ -642,7 +550,7 @@ class Trainer:
         self.train_csv = self.run_dir / "train_log.csv"
         self.val_csv = self.run_dir / "val_log.csv"
         for path, names in ((self.train_csv, LOG_FIELDS), (self.val_csv, VAL_FIELDS)):
-            _truncate_csv(path, names, self.step)  # rows logged after the checkpoint we resumed from
+            truncate_csv(path, names, self.step)  # rows logged after the checkpoint we resumed from
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -662,18 +570,10 @@ class Trainer:
         it_s = len(window) / max(seconds, 1e-9)
         row.update(step=self.step, epoch=self.epoch, lr=float(self.opt_g.param_groups[0]["lr"]), it_per_s=it_s,
                    img_per_s=it_s * self.cfg.data.batch_size * self.world, time=time.time())  # fmt: skip
-        self._csv_row(self.train_csv, LOG_FIELDS, row)
+        append_csv_row(self.train_csv, LOG_FIELDS, row)
         if self.tb is not None:
             for k in LOG_FIELDS[2:-1]:
                 self.tb.add_scalar(f"train/{k}", row[k], self.step)
-
-    def _csv_row(self, path: Path, names: list[str], row: dict) -> None:
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=names, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(row)
 
     def _write_metrics(self, val: dict | None) -> dict:
         summary = {
@@ -684,86 +584,9 @@ class Trainer:
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "vgg_weights": self.vgg_source,
             "seconds": time.perf_counter() - self.t_start,
+            "stopped_by_time_limit": self.time_up,
             "world_size": self.world,
         }
         if self.is_main:
             atomic_write_text(self.run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
         return summary
-
-
-# --- helpers --------------------------------------------------------------------------------------
-
-
-def _run_padded(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The generator needs H, W multiples of 4: reflect-pad, run, crop back."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % 4, (-w) % 4
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-    return model(x)[..., :h, :w].float()
-
-
-def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(rows, axis=0)
-
-
-def _step_checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.glob("step_*.pt"):
-        try:
-            found.append((int(p.stem[5:]), p))
-        except ValueError:
-            continue
-    return [p for _, p in sorted(found)]
-
-
-def _truncate_csv(path: Path, names: list[str], max_step: int) -> None:
-    """Keep only complete rows with step <= max_step (a killed run may have logged past its last checkpoint)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = []
-    for r in rows:
-        try:
-            if None not in r.values() and int(r["step"]) <= max_step:
-                keep.append(r)
-        except (KeyError, TypeError, ValueError):
-            continue
-    if len(keep) == len(rows):
-        return
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(keep)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-        "python_gauss": random.getstate()[2],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_gauss"][0], state["numpy_gauss"][1]))
-    random.setstate((3, tuple(state["python"].tolist()), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -364,3 +364,28 @@ def test_combined_passes_the_item_seed_to_its_part_and_val_ignores_it(gopro, sha
         assert _same(ds[(i, s)], ds.parts[part][(inner, s)])
     val = build_dataset(f"synthetic:{sharp_dir}", "val", seed=3)
     assert _same(val[(1, 123)], val[1]) and _same(val[(1, 456)], val[1])
+
+
+def test_a_bare_folder_is_read_by_its_layout(gopro, sharp_dir, tmp_path):
+    """--data DIR: GoPro layout, blur/ + sharp/ folders, else sharp images blurred on the fly."""
+    from deblurgan.data import PairedDataset, folder_spec, is_bare_folder
+
+    assert folder_spec(gopro)[0] == f"gopro:{gopro}"
+    assert folder_spec(gopro / "train")[0] == f"gopro:{gopro / 'train'}"  # the split folder itself
+    assert len(build_dataset(str(gopro), "train", crop=16)) == 4
+    paired = tmp_path / "mine"
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        s = _rand(rng, 20, 24)
+        _save(paired / "sharp" / f"{i}.png", s)
+        _save(paired / "blur" / f"{i}.jpg" if i == 0 else paired / "blur" / f"{i}.png", 255 - s)
+    assert folder_spec(paired)[0] == f"paired:{paired / 'blur'},{paired / 'sharp'}"
+    ds = build_dataset(str(paired), "val", crop=None)
+    assert isinstance(ds, PairedDataset) and len(ds) == 3
+    spec, why = folder_spec(sharp_dir)
+    assert spec == f"synthetic:{sharp_dir}" and "blurred on the fly" in why
+    assert isinstance(build_dataset(str(sharp_dir), "train", crop=16), SyntheticDataset)
+    assert is_bare_folder(str(sharp_dir)) and not is_bare_folder(f"gopro:{gopro}") and not is_bare_folder(None)
+    with pytest.raises(DeblurGANError, match="no such folder") as e:
+        build_dataset(str(tmp_path / "nope"))
+    assert "\n" not in str(e.value)

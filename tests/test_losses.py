@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from deblurgan.errors import DeblurGANError
-from deblurgan.losses import PerceptualLoss, critic_loss, generator_adv_loss, pixel_loss, wasserstein_estimate
+from deblurgan.losses import (
+    PerceptualLoss,
+    compute_gp,
+    critic_loss,
+    generator_adv_loss,
+    pixel_loss,
+    wasserstein_estimate,
+)
 from deblurgan.networks import Critic, CriticConfig
 from deblurgan.vgg import CONV3_3, IMAGENET_MEAN, IMAGENET_STD, VGG19_FILE, load_vgg19_features, vgg19_features
-from engine.trainer import compute_gp
 from kernels.gradient_penalty import draw_eps, gradient_penalty_reference
 
 # torchvision vgg19().features: convs at these indices (conv3_3 = 14)
@@ -101,6 +109,33 @@ def test_auto_falls_back_to_random_with_warning(no_imagenet, capsys) -> None:
     head, source = load_vgg19_features("auto")
     assert source == "random" and len(head) == 15
     assert "NOT the paper's loss" in capsys.readouterr().err
+
+
+@pytest.fixture
+def offline_like_torch_hub(tmp_path, monkeypatch):
+    """An empty hub cache and a download that fails as torch.hub's does offline: after printing its own line."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, *a, **k):
+        sys.stderr.write(f'Downloading: "{url}" to {tmp_path / "hub"}\n')
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    return tmp_path / "hub"
+
+
+def test_missing_imagenet_weights_print_one_line_once(offline_like_torch_hub, capsys) -> None:
+    """No 'Downloading: https://...' on a machine without network, and the random-VGG warning once."""
+    load_vgg19_features("auto")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Downloading" not in err and "http" not in err, err
+    assert err.startswith("warning: ImageNet VGG19 weights not found") and "NOT the paper's loss" in err
+    with pytest.raises(DeblurGANError):
+        load_vgg19_features("imagenet")
+    assert capsys.readouterr().err == ""  # the error itself is the one line (engine.train prints it)
+    load_vgg19_features("random")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NOT the paper's loss" in err
 
 
 def test_hub_cache_is_used(no_imagenet) -> None:

@@ -18,18 +18,13 @@ from PIL import Image
 from deblurgan.checkpoint import atomic_save, load_checkpoint, load_generator
 from deblurgan.data import build_dataset
 from deblurgan.errors import DeblurGANError
-from deblurgan.metrics import psnr, ssim
+from deblurgan.metrics import psnr, ssim, to_uint8
 from deblurgan.vgg import vgg19_features
 from engine.config import make_config
-from engine.trainer import (
-    ResumableSampler,
-    Trainer,
-    TrainingDiverged,
-    lr_factor,
-    lr_schedule_values,
-    plain_lrs,
-    to_uint8,
-)
+from engine.sampler import ResumableSampler
+from engine.samples import LABEL_HEIGHT, labeled_row
+from engine.state import plain_lrs
+from engine.trainer import Trainer, TrainingDiverged, lr_factor, lr_schedule_values
 
 
 class TinyPairs(torch.utils.data.Dataset):
@@ -55,7 +50,7 @@ def vgg() -> torch.nn.Module:
 
 def tiny_cfg(**over):
     base = {
-        "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
+        "model": {"generator": {"ngf": 8, "n_blocks": 1}, "critic": {"ndf": 8, "n_layers": 2}},
         "loss": {"vgg_weights": "random"},
         "optim": {"epochs_constant": 2, "epochs_decay": 2, "critic_updates": 2},
         "data": {"crop": 32, "num_workers": 0},
@@ -243,7 +238,12 @@ def test_run_folder_outputs_and_checkpoint_format(vgg, tmp_path) -> None:
         torch.testing.assert_close(v, ckpt["ema"][k], rtol=0, atol=0)
     assert not torch.equal(ckpt["ema"]["model.1.weight"], ckpt["generator"]["model.1.weight"])
     grid = np.asarray(Image.open(run / "samples" / "latest.png"))
-    assert grid.shape == (2 * 32, 3 * 32, 3)  # rows: samples; columns: blurred | restored | sharp
+    assert grid.shape == (2 * (LABEL_HEIGHT + 32), 3 * 32, 3)  # rows: label strip + sample; columns: 3 images
+    for r in range(2):  # each row under its labels: blurred | restored | sharp
+        top = r * (LABEL_HEIGHT + 32)
+        assert grid[top : top + LABEL_HEIGHT].max() > 128  # text drawn in each strip
+        sharp = to_uint8(TinyPairs(2, seed=5)[r]["sharp"])
+        assert np.array_equal(grid[top + LABEL_HEIGHT : top + LABEL_HEIGHT + 32, 64:96], sharp)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 16 and metrics["val"]["weights"] == "ema"
     # the logged validation scores are the restored (EMA) and blurred images' scores, recomputed independently
@@ -283,7 +283,7 @@ def test_triton_kernels_on_cpu_is_a_clear_error(vgg, tmp_path, monkeypatch) -> N
     with pytest.raises(DeblurGANError, match="needs a CUDA device"):
         Trainer(tiny_cfg(model={"kernels": "triton"}), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
     tr = Trainer(tiny_cfg(model={"kernels": "auto"}), tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
-    assert tr.kernels == "torch" and tr.checkpoint()["generator_config"]["kernels"] == "auto"
+    assert tr.kernels == "torch" and tr.checkpoint()["generator_config"]["kernels"] == "torch"  # saved resolved
     assert not (tmp_path / "run").exists()
 
 
@@ -365,7 +365,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run
     "switch, tol",
     [
         ({"channels_last": True}, 1e-3),  # TF32/cuDNN algorithm choices differ between layouts
-        ({"amp": "bf16", "channels_last": True, "model": {"dropout": 0.0, "kernels": "auto"}}, 0.06),
+        ({"amp": "bf16", "channels_last": True, "model": {"generator": {"dropout": 0.0}, "kernels": "auto"}}, 0.06),
     ],
 )
 def test_cuda_engine_switches_match_eager(vgg, tmp_path, switch, tol, full_fp32) -> None:
@@ -580,3 +580,74 @@ def test_resume_with_dataloader_workers_is_bit_identical(vgg, tmp_path, random_i
     assert a.keys() == b.keys() and len(a) > 20
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_sample_rows_are_labelled_with_each_images_psnr() -> None:
+    """The label strip names the columns and gives the row's PSNRs: other numbers draw other pixels."""
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8) for _ in range(3)]
+    row = labeled_row(*imgs, psnr_in=21.5, psnr_out=23.25)
+    assert row.shape == (LABEL_HEIGHT + 40, 180, 3)
+    assert np.array_equal(row[LABEL_HEIGHT:], np.concatenate(imgs, axis=1))
+    strip = row[:LABEL_HEIGHT]
+    for col in range(3):  # text in each column's part of the strip
+        assert strip[:, col * 60 : (col + 1) * 60].max() > 128
+    other = labeled_row(*imgs, psnr_in=21.5, psnr_out=31.75)[:LABEL_HEIGHT]
+    assert np.array_equal(other[:, :60], strip[:, :60]) and not np.array_equal(other[:, 60:120], strip[:, 60:120])
+    from PIL import ImageDraw, ImageFont
+
+    probe = Image.new("RGB", (180, LABEL_HEIGHT))
+    ImageDraw.Draw(probe).text((3, 1), "blurred 21.50 dB", fill=(255, 255, 255), font=ImageFont.load_default())
+    assert np.array_equal(np.asarray(probe)[:, :60], strip[:, :60])  # the words are the column's name and PSNR
+
+
+def test_time_limit_stops_saves_and_resume_continues(vgg, tmp_path, monkeypatch) -> None:
+    cfg = tiny_cfg(time_limit_s=0.5, save_every=100)
+    clock = iter(range(0, 10**6))  # each perf_counter() call advances one second
+    monkeypatch.setattr("engine.trainer.time.perf_counter", lambda: float(next(clock)))
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(4), TinyPairs(1, seed=9), vgg=vgg, progress=False)
+    summary = tr.fit()
+    assert 1 <= tr.step < 16 and summary["stopped_by_time_limit"] is True  # stopped long before 4 epochs x 4
+    ckpt = tmp_path / "run" / "checkpoints" / f"step_{tr.step:08d}.pt"
+    assert ckpt.is_file() and summary["val"] is not None and summary["last_checkpoint"] == str(ckpt)
+    stopped_at = tr.step
+    monkeypatch.undo()
+    done = Trainer(tiny_cfg(), tmp_path / "run", TinyPairs(4), TinyPairs(1, seed=9), vgg=vgg, resume=True,
+                   progress=False)  # fmt: skip
+    assert done.step == stopped_at
+    assert done.fit()["stopped_by_time_limit"] is False and done.step == 16
+
+
+def test_kernels_are_resolved_once_for_the_device_and_saved_resolved(vgg, tmp_path, monkeypatch) -> None:
+    """A run with kernels 'auto' on CPU saves 'torch': its checkpoint never builds Triton modules for a CPU run."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = tiny_cfg(max_steps=1, device="cpu", model={"kernels": "auto"})
+    tr = Trainer(cfg, tmp_path / "run", TinyPairs(2), vgg=vgg, progress=False)
+    assert tr.kernels == "torch" and tr.gen.config.kernels == "torch" and tr.critic_config.kernels == "torch"
+    tr.fit()
+    ckpt = load_checkpoint(tr.last_checkpoint)
+    assert ckpt["generator_config"]["kernels"] == "torch" and ckpt["critic_config"]["kernels"] == "torch"
+    assert ckpt["config"]["model"]["kernels"] == "auto"  # the run's own setting stays as given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine, loading for a CPU run
+    gen = load_generator(tr.last_checkpoint)
+    assert gen.config.kernels == "torch"
+    assert not any("InstanceNormAct" in type(m).__name__ for m in gen.modules())
+
+
+def test_one_definition_of_the_network_settings() -> None:
+    """ModelConfig holds the networks' own configs instead of repeating their fields; old flat keys still load."""
+    import dataclasses
+
+    from deblurgan.config import CriticConfig, GeneratorConfig
+    from engine.config import ModelConfig
+
+    own = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert not own & ({f.name for f in dataclasses.fields(GeneratorConfig)} - {"kernels"})
+    assert not own & ({f.name for f in dataclasses.fields(CriticConfig)} - {"kernels"})
+    cfg = make_config("paper")
+    assert isinstance(cfg.model.generator, GeneratorConfig) and isinstance(cfg.model.critic, CriticConfig)
+    old = make_config("paper", [{"model": {"ngf": 8, "n_blocks": 2, "dropout": 0.1, "learn_residual": False,
+                                           "ndf": 16, "n_layers_d": 2, "kernels": "auto"}}])  # fmt: skip
+    g, c = old.model.generator, old.model.critic
+    assert (g.ngf, g.n_blocks, g.dropout, g.learn_residual, c.ndf, c.n_layers) == (8, 2, 0.1, False, 16, 2)
+    assert old.model.kernels == "auto"

@@ -96,8 +96,10 @@ DDP_SCRIPT = textwrap.dedent(
             return {{"blur": self.blur[i], "sharp": self.sharp[i], "path": str(i)}}
 
     if os.environ.get("NO_SYNC") == "1":  # negative control: without the explicit all-reduce the critics drift
-        Trainer._sync_critic_grads = lambda self: None
-    cfg = make_config("demo", [{{"model": {{"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2}},
+        import engine.trainer
+        engine.trainer.average_gradients = lambda module, world: None
+    cfg = make_config("demo", [{{"model": {{"generator": {{"ngf": 8, "n_blocks": 1}},
+                                          "critic": {{"ndf": 8, "n_layers": 2}}}},
         "optim": {{"critic_updates": 2}}, "data": {{"crop": 32, "num_workers": 0}}, "max_steps": 3,
         "save_every": 2, "log_every": 1, "ema": 0.9, "name": "ddp"}}])
     torch.manual_seed(0)
