@@ -12,7 +12,7 @@ from torch import nn
 
 from kernels.gradient_penalty import gradient_penalty_reference
 
-from .layers import resolve_backend
+from .layers import resolve_kernels
 from .vgg import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -66,8 +66,8 @@ def compute_gp(
     critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float, mode: str, kernels: str = "torch"
 ) -> torch.Tensor:
     """The weighted gradient penalty: 'torch' = plain autograd (the reference), 'triton' = the fused kernels of
-    `kernels.gradient_penalty`, 'auto' as `deblurgan.layers.resolve_backend` for the inputs' device."""
-    if resolve_backend(kernels, real.device) == "triton":
+    `kernels.gradient_penalty`, 'auto' as `deblurgan.layers.resolve_kernels` for the inputs' device."""
+    if resolve_kernels(kernels, real.device) == "triton":
         from kernels.gradient_penalty import gradient_penalty
 
         return gradient_penalty(critic, real, fake, weight, mode)

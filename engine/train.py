@@ -28,7 +28,17 @@ import yaml
 from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
 
-from .config import TrainConfig, flatten, load_yaml, make_config, parse_overrides, recipe_deviations, save_yaml, to_dict
+from .config import (
+    PRESETS,
+    TrainConfig,
+    flatten,
+    load_yaml,
+    make_config,
+    parse_overrides,
+    recipe_deviations,
+    save_yaml,
+    to_dict,
+)
 
 # The config keys most runs set, listed by --help (every other key: --help-all); (flag, metavar, help).
 COMMON_KEYS = [
@@ -61,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "booleans as --channels-last / --no-channels-last (--compile, --cuda-graph, ...). --help-all lists "
         "them all with their values; --print-config prints the resolved config as YAML.",
     )
-    p.add_argument("--preset", choices=["paper", "demo"], help="base recipe (default: paper with --data, else demo)")
+    p.add_argument("--preset", choices=list(PRESETS), help="base recipe (default: paper with --data, else demo)")
     p.add_argument("--config", metavar="YAML", help="a config file applied over the preset")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -33,7 +33,7 @@ from deblurgan.errors import CheckpointError, DeblurGANError
 from deblurgan.fsutil import atomic_write_text
 from deblurgan.inference import pad_to_multiple
 from deblurgan.io import write_image
-from deblurgan.layers import resolve_backend
+from deblurgan.layers import resolve_kernels
 from deblurgan.losses import (
     PerceptualLoss,
     compute_gp,
@@ -89,16 +89,14 @@ def zero_last_conv(gen: nn.Module) -> None:
             last.bias.zero_()
 
 
-def triton_can_run(device: torch.device) -> bool:
-    """Whether Triton kernels can run on `device`: CUDA, or the Triton interpreter on CPU."""
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def resolve_kernels(choice: str, device: torch.device) -> str:
+def resolve_run_kernels(choice: str, device: torch.device) -> str:
     """torch | triton for this device: 'auto' picks, 'triton' where it cannot run is a one-line error."""
-    kernels = resolve_backend(choice, device)
-    if kernels == "triton" and not triton_can_run(device):
-        raise DeblurGANError("--kernels triton needs a CUDA device (use --kernels auto or torch)")
+    kernels = resolve_kernels(choice, device)
+    if kernels == "triton":
+        from kernels import triton_runs_on
+
+        if not triton_runs_on(device):
+            raise DeblurGANError("--kernels triton needs a CUDA device and the triton package (use auto or torch)")
     return kernels
 
 
@@ -161,7 +159,7 @@ class Trainer:
 
         m = cfg.model
         # the one place `kernels` is resolved: for this device, into both networks' configs (and so checkpoints)
-        self.kernels = resolve_kernels(m.kernels, self.device)
+        self.kernels = resolve_run_kernels(m.kernels, self.device)
         self.gen = Generator(replace(m.generator, kernels=self.kernels)).to(self.device)
         if m.zero_init_last:
             zero_last_conv(self.gen)

@@ -146,6 +146,13 @@ def test_print_config_round_trips(tmp_path, capsys) -> None:
     assert to_dict(again) == yaml.safe_load(text) and again.optim.lr == 5e-5
 
 
+@pytest.mark.parametrize("preset", ["paper", "demo", "h200"])
+def test_every_preset_is_accepted_by_the_cli(preset, capsys) -> None:
+    """--preset takes every preset engine.config defines (h200 was once refused by a hard-coded list)."""
+    assert main(["--preset", preset, "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["preset"] == preset
+
+
 def test_paper_without_vgg_weights_stops_naming_both_options(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
