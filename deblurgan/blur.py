@@ -35,6 +35,8 @@ __all__ = [
     "add_noise",
     "blur_batch",
     "blur_image",
+    "centre_psf",
+    "centred_psf",
     "psf_sheet",
     "random_psfs",
     "random_trajectories",
@@ -232,6 +234,41 @@ def random_psfs(
     """PSFs of `n` fresh random trajectories: (n, len(fractions), canvas, canvas) float32."""
     traj = random_trajectories(rng, n, canvas=canvas, iters=iters, max_len=max_len, expl=expl)
     return trajectories_to_psfs(traj, canvas, fractions)
+
+
+def centre_psf(psf: np.ndarray) -> np.ndarray:
+    """The PSF moved (bilinear, sub-pixel) so its centroid sits on the origin (canvas // 2, canvas // 2).
+
+    Trajectories are centred by their bounding box, not their mass, so a PSF (most of all a short exposure's) also
+    translates the image by its centroid: no deblurring can infer that shift from the blurred frame, and PSNR/SSIM
+    punish it as if it were blur. Mass moved past the canvas edge is dropped and the PSF renormalised to sum 1
+    (`centred_psf` pads first so that none is).
+    """
+    psf = np.asarray(psf, dtype=np.float64)
+    k = psf.shape[-1]
+    yy, xx = np.mgrid[:k, :k]
+    total = psf.sum()
+    dy, dx = k // 2 - (psf * yy).sum() / total, k // 2 - (psf * xx).sum() / total
+    iy, ix = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = dy - iy, dx - ix
+    out = np.zeros_like(psf)
+    for sy, sx, w in ((iy, ix, (1 - fy) * (1 - fx)), (iy + 1, ix, fy * (1 - fx)), (iy, ix + 1, (1 - fy) * fx),
+                      (iy + 1, ix + 1, fy * fx)):  # fmt: skip
+        if w == 0 or abs(sy) >= k or abs(sx) >= k:
+            continue
+        src = psf[max(0, -sy) : k - max(0, sy), max(0, -sx) : k - max(0, sx)]
+        out[max(0, sy) : max(0, sy) + src.shape[0], max(0, sx) : max(0, sx) + src.shape[1]] += w * src
+    return out / out.sum()
+
+
+def centred_psf(psf: np.ndarray) -> np.ndarray:
+    """`centre_psf` on a padded canvas (no mass lost), trimmed to the smallest odd square around the origin."""
+    k = psf.shape[-1]
+    out = centre_psf(np.pad(np.asarray(psf, dtype=np.float64), k // 2))
+    c = out.shape[-1] // 2
+    nz = np.argwhere(out > 1e-12 * out.max())
+    r = int(np.abs(nz - c).max()) if len(nz) else 0
+    return out[c - r : c + r + 1, c - r : c + r + 1].astype(np.float32)
 
 
 def _check_fractions(fractions: Sequence[float]) -> list[float]:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from .blur import FRACTIONS, blur_image, random_psfs
+from .blur import FRACTIONS, blur_image, centred_psf, random_psfs
 from .errors import DeblurGANError
 from .io import list_images, read_image
 
@@ -340,9 +340,11 @@ class SyntheticDataset(Dataset):
     """Sharp images blurred on the fly with fresh camera-shake kernels (`deblurgan.blur`).
 
     `sources` are image paths or "skimage:<name>". Each source yields `per_image` items per epoch. The kernel is
-    one of the exposure `fractions` of a random trajectory, chosen uniformly (the authors' choice). For training
-    the crop is taken first and only it (plus the kernel's reach) is blurred: the result equals blurring the
-    whole frame, then cropping.
+    one of the exposure `fractions` of a random trajectory, chosen uniformly (the authors' choice). `centre` (the
+    default) moves the kernel's centroid onto the origin (`blur.centred_psf`) so blurred and sharp stay aligned:
+    otherwise a short exposure's kernel also shifts the image by pixels, which the generator would learn to copy.
+    For training the crop is taken first and only it (plus the kernel's reach) is blurred: the result equals
+    blurring the whole frame, then cropping.
     """
 
     takes_item_seed = True
@@ -359,6 +361,7 @@ class SyntheticDataset(Dataset):
         gamma: float | None = None,
         noise_std: float = 0.0,
         max_len: float = PAPER_MAX_LEN,
+        centre: bool = True,
     ) -> None:
         _check_split(split)
         _check_crop(crop)
@@ -371,7 +374,7 @@ class SyntheticDataset(Dataset):
         self.sources = [str(s) for s in sources]
         self.split, self.crop, self.seed, self.per_image = split, crop, seed, per_image
         self.canvas, self.fractions, self.gamma, self.noise_std = canvas, tuple(fractions), gamma, noise_std
-        self.max_len = float(max_len)
+        self.max_len, self.centre = float(max_len), centre
         self._cache: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
@@ -394,6 +397,8 @@ class SyntheticDataset(Dataset):
         rng = _item_rng(self.seed, index, self.split, item_seed)
         psfs = random_psfs(rng, 1, canvas=self.canvas, max_len=self.max_len, fractions=self.fractions)[0]
         psf = psfs[rng.integers(len(psfs))]
+        if self.centre:
+            psf = centred_psf(psf)
         if self.split == "val" or self.crop is None:
             sharp = _mult4(sharp, source)
             blur = self._blur(sharp, psf, rng)
@@ -410,7 +415,7 @@ class SyntheticDataset(Dataset):
     def _blur_crop(self, sharp: np.ndarray, psf: np.ndarray, rng: np.random.Generator):
         c, (h, w) = self.crop, sharp.shape[:2]
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        m = self.canvas // 2 + 1  # a kernel reaches at most canvas // 2 pixels away
+        m = psf.shape[-1] // 2 + 1  # a kernel reaches at most half its size away
         y0, x0 = max(0, y - m), max(0, x - m)
         region = sharp[y0 : min(h, y + c + m), x0 : min(w, x + c + m)]
         blur = self._blur(region, psf, rng)[y - y0 : y - y0 + c, x - x0 : x - x0 + c]

@@ -131,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "save_every": 1_000_000,
         "val_every_epochs": 1_000_000,
         "loss": {"vgg_weights": "auto", "pixel_weight": 100.0},
-        "model": {"ngf": 64, "n_blocks": 9, "dropout": 0.0, "zero_init_last": True, "kernels": "auto"},
+        "model": {"generator": {"ngf": 64, "n_blocks": 9, "dropout": 0.0}, "zero_init_last": True, "kernels": "auto"},
         "optim": {"lr": 2e-4, "beta1": 0.9, "critic_updates": 1, "epochs_constant": 1_000_000, "epochs_decay": 0},
         "data": {"crop": 256, "batch_size": 16, "num_workers": 12, "val_max_images": 8},
     },

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deblurgan.blur import FRACTIONS, blur_image, random_trajectory, trajectory_to_psfs
+from deblurgan.blur import FRACTIONS, blur_image, centre_psf, random_trajectory, trajectory_to_psfs
 from deblurgan.cli import run_cli
 from deblurgan.errors import DeblurGANError
 from deblurgan.fsutil import atomic_write_text
@@ -39,29 +39,6 @@ TARGET_GAIN_DB = 3.0  # mean PSNR gain over the blurred inputs (the paper's gain
 TARGET_WORST_DB = -0.5  # no image worse than its input by more than this
 
 
-def centre_psf(psf: np.ndarray) -> np.ndarray:
-    """The PSF moved (bilinear, sub-pixel) so its centroid sits on the origin (canvas // 2, canvas // 2).
-
-    The engine's PSFs centre each trajectory's bounding box, not its mass: a PSF then also translates the image by
-    its centroid (up to several pixels for the short exposures), which no deblurring can infer from the blurred
-    frame and which PSNR/SSIM punish as if it were blur (docs/model.md, "Evaluation"). Mass moved past the
-    canvas edge is dropped and the PSF renormalised to sum 1.
-    """
-    psf = np.asarray(psf, dtype=np.float64)
-    k = psf.shape[-1]
-    yy, xx = np.mgrid[:k, :k]
-    total = psf.sum()
-    dy, dx = k // 2 - (psf * yy).sum() / total, k // 2 - (psf * xx).sum() / total
-    iy, ix = int(np.floor(dy)), int(np.floor(dx))
-    fy, fx = dy - iy, dx - ix
-    out = np.zeros_like(psf)
-    for sy, sx, w in ((iy, ix, (1 - fy) * (1 - fx)), (iy + 1, ix, fy * (1 - fx)), (iy, ix + 1, (1 - fy) * fx),
-                      (iy + 1, ix + 1, fy * fx)):  # fmt: skip
-        if w == 0 or abs(sy) >= k or abs(sx) >= k:
-            continue
-        src = psf[max(0, -sy) : k - max(0, sy), max(0, -sx) : k - max(0, sx)]
-        out[max(0, sy) : max(0, sy) + src.shape[0], max(0, sx) : max(0, sx) + src.shape[1]] += w * src
-    return out / out.sum()
 
 
 def _label(fraction: float) -> str:

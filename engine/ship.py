@@ -40,7 +40,6 @@ from deblurgan.fsutil import atomic_path, atomic_write_text
 from deblurgan.pretrained import SHIPPED_WEIGHTS
 
 from .config import TrainConfig, make_config, parse_overrides, recipe_deviations, to_dict
-from .evalset import centre_psf
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = SHIPPED_WEIGHTS
@@ -181,20 +180,10 @@ def ship_config(pack: Path, seconds: float, work: Path, extra: list[str]) -> Tra
     return make_config("h200", [overrides, forced, {"data": {"train": f"synthetic:{pack / 'train'}"}}])
 
 
-TRAIN_CANVAS = 96  # PSF canvas of the training blur: room for centring a 60 px trajectory (and crop margins)
-
-
-class CentredSyntheticDataset(SyntheticDataset):
-    """SyntheticDataset whose PSFs are moved so their centroid is the origin, as in the evaluation set."""
-
-    def _blur(self, sharp, psf, rng):
-        return super()._blur(sharp, centre_psf(psf).astype(psf.dtype), rng)
-
-
 def datasets(cfg: TrainConfig, pack: Path, epoch_steps: int):
     """Training: every pack crop, `per_image` times an epoch (about `epoch_steps` steps); val: a few of them.
 
-    Blur as the evaluation's: the engine's camera shake with centroid-centred PSFs (engine.evalset.centre_psf).
+    Blur as the evaluation's: the engine's camera shake with centroid-centred PSFs (deblurgan.blur.centred_psf).
     """
     from deblurgan.io import list_images
 
@@ -202,10 +191,10 @@ def datasets(cfg: TrainConfig, pack: Path, epoch_steps: int):
     if not files:
         raise DeblurGANError(f"{pack}/train: no crops (python -m engine.photos build --pack {pack})")
     per_image = max(1, math.ceil(epoch_steps * cfg.data.batch_size / len(files)))
-    blur = {"max_len": cfg.data.blur_max_len, "canvas": TRAIN_CANVAS}
-    train = CentredSyntheticDataset(files, "train", cfg.data.crop, cfg.seed, per_image=per_image, **blur)
+    blur = {"max_len": cfg.data.blur_max_len, "centre": True}
+    train = SyntheticDataset(files, "train", cfg.data.crop, cfg.seed, per_image=per_image, **blur)
     every = max(1, len(files) // max(1, cfg.data.val_max_images or 8))
-    val = CentredSyntheticDataset(files[::every], "val", None, cfg.seed, **blur)
+    val = SyntheticDataset(files[::every], "val", None, cfg.seed, **blur)
     return train, val
 
 

@@ -389,3 +389,45 @@ def test_a_bare_folder_is_read_by_its_layout(gopro, sharp_dir, tmp_path):
     with pytest.raises(DeblurGANError, match="no such folder") as e:
         build_dataset(str(tmp_path / "nope"))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("centre", [True, False])
+def test_synthetic_kernels_are_centred_on_their_mass_by_default(centre, monkeypatch) -> None:
+    """Blurred and sharp stay aligned: the kernel's centroid is the origin (uncentred kernels shift the image)."""
+    from deblurgan.data import SyntheticDataset
+
+    seen = []
+    original = SyntheticDataset._blur
+
+    def spy(self, sharp, psf, rng):
+        seen.append(psf)
+        return original(self, sharp, psf, rng)
+
+    monkeypatch.setattr(SyntheticDataset, "_blur", spy)
+    ds = SyntheticDataset(["skimage:astronaut"], "train", crop=32, per_image=12, max_len=20, centre=centre)
+    offsets = []
+    for i in range(len(ds)):
+        ds[(i, 7)]
+        psf = seen[-1].astype(np.float64)
+        k = psf.shape[-1]
+        yy, xx = np.mgrid[:k, :k]
+        assert abs(psf.sum() - 1) < 1e-5
+        offsets.append(np.hypot((psf * yy).sum() - k // 2, (psf * xx).sum() - k // 2))
+    if centre:
+        assert max(offsets) < 1e-3
+    else:
+        assert max(offsets) > 0.25  # the raw synthesis moves some kernels' mass off the origin
+
+
+def test_centred_psf_keeps_the_shape_of_the_blur() -> None:
+    """centred_psf only translates: a kernel that is already centred comes back unchanged (trimmed)."""
+    from deblurgan.blur import centred_psf
+
+    rng = np.random.default_rng(3)
+    psf = np.zeros((15, 15))
+    psf[7, 4:11] = rng.random(7) + 0.5
+    psf[7, 4:11] += psf[7, 4:11][::-1]  # symmetric about the origin: centroid already at (7, 7)
+    psf /= psf.sum()
+    out = centred_psf(psf)
+    assert out.shape == (7, 7)
+    np.testing.assert_allclose(out, psf[4:11, 4:11], atol=1e-6)
