@@ -217,7 +217,7 @@ class TensorRTRunner:
 
 def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An uninitialised contiguous tensor whose address is a multiple of TRT_ALIGNMENT bytes."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     n = int(np.prod(shape)) if shape else 1
     buf = torch.empty(n + TRT_ALIGNMENT // itemsize, dtype=dtype, device=device)
     offset = (-buf.data_ptr() % TRT_ALIGNMENT) // itemsize

@@ -132,7 +132,7 @@ class TrtEngineBuilder:
             raise DeblurGANError(f"{self.onnx_path}: weights in {self.precision} precision; not a DeblurGAN export")
         if options.precision is not None and options.precision != self.precision:
             raise DeblurGANError(
-                f"{self.onnx_path} is an {self.precision} graph, not {options.precision}: export it with "
+                f"{self.onnx_path} is {_a(self.precision)} graph, not {options.precision}: export it with "
                 f"python -m export.onnx --{options.precision}, or build from --checkpoint"
             )
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
@@ -319,8 +319,13 @@ def _main(argv: Sequence[str] | None) -> int:
     precision = options.precision or "fp32"
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_checkpoint(checkpoint, Path(tmp) / f"{out.stem}.onnx", precision=precision)
-        print(f"exported {checkpoint} to an {precision} ONNX graph (instance norm in fp32)")
+        print(f"exported {checkpoint} to {_a(precision)} ONNX graph (instance norm in fp32)")
         return _build(onnx_path, out, profile, options, trt)
+
+
+def _a(precision: str) -> str:
+    """'an fp16', 'a bf16'."""
+    return f"{'a' if precision.startswith('b') else 'an'} {precision}"
 
 
 def _build(onnx_path: Path, out: Path, profile: ShapeProfile, options: BuildOptions, trt) -> int:
