@@ -94,7 +94,7 @@ def runner(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
         from export.runtime import TensorRTRunner
         from export.trt import BuildOptions, ShapeProfile, TrtEngineBuilder
 
-        onnx_path = OnnxExporter(_copy(g).cpu()).export(_TMP / "g_trt.onnx")
+        onnx_path = OnnxExporter(_copy(g).cpu(), precision="fp16").export(_TMP / "g_trt.onnx")  # strongly typed
         h, w = SIZES["720p"]
         profile = ShapeProfile((1, 3, 64, 64), (1, 3, h, w), (max(BATCHES), 3, h, w))
         engine = TrtEngineBuilder(onnx_path, profile, BuildOptions("fp16", workspace_gib=8)).build(_TMP / "g.engine")

@@ -4,17 +4,17 @@ Usage:
     python -m export.aoti --checkpoint latest_net_G.pth --out deblurgan.pt2 --device cuda --fp16
     python -m export.aoti --checkpoint C --out deblurgan_cpu.pt2 --device cpu
 
-The package takes N x 3 x H x W float32 RGB in [-1, 1] (H, W multiples of 4, >= 8; batch 1..--max-batch)
-and returns the same; with --fp16 the weights and compute are half precision inside (CUDA only) while the
-I/O stays float32. Load it with `torch._inductor.aoti_load_package(path)` (Python, see export.runtime.AOTIRunner)
-or `torch::inductor::AOTIModelPackageLoader` (C++, see export/cpp/deblur_aoti.cpp). A package runs only on
-the device type it was compiled for. Compiling the full generator takes minutes on a small CPU.
+Without --checkpoint the shipped model is compiled. The package takes N x 3 x H x W float32 RGB in
+[-1, 1] (H, W multiples of 4, >= 8; batch 1..--max-batch) and returns the same; with --fp16 the weights
+and compute are half precision inside (CUDA only) while the I/O stays float32. Load it with
+`torch._inductor.aoti_load_package(path)` (Python, see export.runtime.AOTIRunner) or
+`torch::inductor::AOTIModelPackageLoader` (C++, see export/cpp/deblur_aoti.cpp). A package runs only on the
+device type it was compiled for. Compiling the full generator takes minutes on a small CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -25,16 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deblurgan import __version__
 from deblurgan.checkpoint import load_generator
 from deblurgan.cli import run_cli
-from deblurgan.config import config_to_dict
 from deblurgan.errors import DeblurGANError
 from deblurgan.fsutil import atomic_path
 from deblurgan.networks import Generator
 from deblurgan.precision import exact_fp32
+from deblurgan.pretrained import resolve_checkpoint
 
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 8, 16384, 4
+from .metadata import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, artifact_metadata
 
 
 class HalfPrecision(nn.Module):
@@ -79,21 +78,9 @@ class AotiExporter:
             return torch.export.export(module, example, dynamic_shapes=({0: batch, 2: 4 * h4, 3: 4 * w4},))
 
     def metadata(self) -> dict[str, str]:
-        return {
-            "deblurgan.device": self.device.type,
-            "deblurgan.precision": "fp16" if self.fp16 else "fp32",
-            "deblurgan.max_batch": str(self.max_batch),
-            "deblurgan.io": "float",
-            "deblurgan.layout": "NCHW RGB float32",
-            "deblurgan.input_range": "[-1, 1]",
-            "deblurgan.output_range": "[-1, 1]",
-            "deblurgan.size_multiple": str(SIZE_MULTIPLE),
-            "deblurgan.min_size": str(MIN_SIZE),
-            "deblurgan.size_rule": f"H, W multiples of {SIZE_MULTIPLE}, >= {MIN_SIZE}: pad (reflect), then crop",
-            "deblurgan.engine_version": str(__version__),
-            "deblurgan.torch_version": str(torch.__version__),
-            "deblurgan.generator_config": json.dumps(config_to_dict(self.generator.config), sort_keys=True),
-        }
+        """export.metadata's keys plus the device and batch limit the package was compiled for."""
+        precision = "fp16" if self.fp16 else "fp32"
+        return artifact_metadata(self.generator, precision=precision, device=self.device.type, max_batch=self.max_batch)
 
     def export(self, out: str | os.PathLike) -> Path:
         """Compile and write the package to `out` atomically (an old file survives any failure)."""
@@ -118,9 +105,14 @@ class AotiExporter:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deblurgan-export-aoti", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="our checkpoint or the authors' latest_net_G.pth")
+    p.add_argument("--checkpoint", help="our checkpoint or the authors' latest_net_G.pth (default: the shipped model)")
     p.add_argument("--out", default="deblurgan.pt2", help="output .pt2 package (default: %(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device type the package is compiled for and runs on only (default here: %(default)s)",
+    )
     p.add_argument("--fp16", action="store_true", help="half-precision weights and compute (CUDA only)")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch the package accepts (default: 64)")
     p.add_argument("--no-verify", action="store_true", help="skip the check against eager PyTorch")
@@ -148,13 +140,14 @@ def _main(argv: Sequence[str] | None) -> int:
     out = Path(args.out)
     if out.suffix != ".pt2":
         raise DeblurGANError(f"--out must end in .pt2 (got {out})")
-    generator = load_generator(args.checkpoint, kernels="torch")
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    generator = load_generator(checkpoint, kernels="torch")
     exporter = AotiExporter(generator, device=args.device, fp16=args.fp16, max_batch=args.max_batch)
     print(f"compiling for {args.device} ({'fp16' if args.fp16 else 'fp32'}); this can take minutes ...", flush=True)
     path = exporter.export(out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if not args.no_verify:
-        reference = load_generator(args.checkpoint, kernels="torch")
+        reference = load_generator(checkpoint, kernels="torch")
         err, psnr = verify_package(path, reference, args.device)
         print(f"AOTI vs eager fp32 PyTorch (random inputs): {err:.3g} max abs, {psnr:.1f} dB PSNR")
         limit = 1e-4

@@ -33,7 +33,8 @@ SUFFIXES = {
     "aoti": (".pt2",),
     "tensorrt": (".engine", ".plan", ".trt"),
 }
-TRT_MISSING = 'TensorRT is not installed: pip install "deblurgan-engine[trt]" (TensorRT 10, needs an NVIDIA GPU)'
+TRT_REQUIREMENT = "tensorrt>=10,<12"  # the [trt] extra of pyproject.toml says the same
+TRT_MISSING = f'TensorRT is not installed: pip install "{TRT_REQUIREMENT}" (TensorRT 10 or 11; needs an NVIDIA GPU)'
 
 
 @runtime_checkable
@@ -145,8 +146,12 @@ class AOTIRunner:
 _TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8}
 
 
+TRT_ALIGNMENT = 256  # bytes: IExecutionContext::setTensorAddress wants at least this alignment
+SUPPORTED_TRT_MAJORS = (10, 11)
+
+
 class TensorRTRunner:
-    """A serialized TensorRT 10 engine: named tensor addresses, `execute_async_v3` on the current stream.
+    """A serialized TensorRT 10 or 11 engine: named tensor addresses, `execute_async_v3` on the current stream.
 
     The JSON sidecar written by `export.trt` (`<engine>.json`) records the TensorRT version and GPU; an
     engine built elsewhere is refused with a clear message instead of failing inside TensorRT.
@@ -154,17 +159,18 @@ class TensorRTRunner:
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cuda") -> None:
         trt = import_tensorrt()
+        self.trt_version = str(trt.__version__)  # read once (import_tensorrt checked it is supported)
         self.path = Path(path)
         self.device = torch.device(device)
         self._check_device()
         self.sidecar = read_sidecar(self.path)
-        check_compatible(self.sidecar, trt.__version__, gpu_info(self.device), self.path)
+        check_compatible(self.sidecar, self.trt_version, gpu_info(self.device), self.path)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise DeblurGANError(
-                f"{self.path}: TensorRT {trt.__version__} could not deserialize this engine "
+                f"{self.path}: TensorRT {self.trt_version} could not deserialize this engine "
                 "(built for another GPU or TensorRT version, or corrupt): rebuild it with python -m export.trt"
             )
         self.context = self.engine.create_execution_context()
@@ -188,12 +194,15 @@ class TensorRTRunner:
             raise DeblurGANError(
                 f"{self.name}: input {shape} is outside the engine's profile {self.min_shape}..{self.max_shape}"
             )
-        x = x.to(self.device, self.dtype).contiguous()
+        x = aligned(x.to(self.device, self.dtype).contiguous())  # a view such as batch[1:] is copied
         if not self.context.set_input_shape(self.input_name, shape):
             raise DeblurGANError(f"{self.name}: TensorRT rejected input shape {shape}")
-        y = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.out_dtype, device=x.device)
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, y.data_ptr())
+        y = aligned_empty(tuple(self.context.get_tensor_shape(self.output_name)), self.out_dtype, x.device)
+        for name, tensor in ((self.input_name, x), (self.output_name, y)):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise DeblurGANError(
+                    f"{self.name}: TensorRT refused the address of tensor {name!r} (see the TensorRT log above)"
+                )
         if not self.context.execute_async_v3(self._stream_handle()):
             raise RuntimeError(f"{self.name}: execute_async_v3 failed (see TensorRT log above)")
         return y.float()
@@ -206,13 +215,45 @@ class TensorRTRunner:
         return torch.cuda.current_stream(self.device).cuda_stream
 
 
+def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor whose address is a multiple of TRT_ALIGNMENT bytes."""
+    itemsize = dtype.itemsize
+    n = int(np.prod(shape)) if shape else 1
+    buf = torch.empty(n + TRT_ALIGNMENT // itemsize, dtype=dtype, device=device)
+    offset = (-buf.data_ptr() % TRT_ALIGNMENT) // itemsize
+    return buf[offset : offset + n].view(shape)
+
+
+def aligned(x: torch.Tensor) -> torch.Tensor:
+    """`x` itself when its address is TRT_ALIGNMENT-aligned, else an aligned copy (e.g. of a view batch[1:])."""
+    if x.data_ptr() % TRT_ALIGNMENT == 0:
+        return x
+    return aligned_empty(tuple(x.shape), x.dtype, x.device).copy_(x)
+
+
 def import_tensorrt():  # -> the tensorrt module
-    """`import tensorrt`, or one clear DeblurGANError saying what to install."""
+    """`import tensorrt` of a supported version, or one clear DeblurGANError saying what to install."""
     try:
         import tensorrt
     except ImportError:
         raise DeblurGANError(TRT_MISSING) from None
+    tensorrt_version(tensorrt)
     return tensorrt
+
+
+def tensorrt_version(trt) -> tuple[int, int]:
+    """(major, minor) of a tensorrt module; a one-line DeblurGANError for versions this project does not support."""
+    text = str(getattr(trt, "__version__", ""))
+    try:
+        major, minor = (int(part) for part in text.split(".")[:2])
+    except ValueError:
+        raise DeblurGANError(f"cannot read the TensorRT version ({text!r}): reinstall it ({TRT_REQUIREMENT})") from None
+    if major not in SUPPORTED_TRT_MAJORS:
+        raise DeblurGANError(
+            f"TensorRT {text} is not supported: engines are built and run with TensorRT 10.x or 11.x "
+            f'(pip install "{TRT_REQUIREMENT}")'
+        )
+    return major, minor
 
 
 def gpu_info(device: torch.device | str = "cuda") -> dict[str, str]:

@@ -19,6 +19,8 @@ from deblurgan import Generator, GeneratorConfig
 from deblurgan.checkpoint import load_generator, save_generator
 from deblurgan.errors import DeblurGANError
 from deblurgan.precision import exact_fp32
+from export import aoti as aoti_export
+from export import onnx as onnx_export
 from export.aoti import AotiExporter, main
 from export.runtime import AOTIRunner, load_runner
 
@@ -71,6 +73,30 @@ def test_package_metadata_and_errors(package, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: checkpoint not found")
     assert main(["--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "x.zip")]) == 2
     assert ".pt2" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    for action in aoti_export.build_parser()._actions:
+        assert action.help, action.option_strings
+    device = next(a for a in aoti_export.build_parser()._actions if a.dest == "device")
+    assert "compiled for" in device.help
+
+
+def test_checkpoint_defaults_to_the_shipped_model(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x.pt2"), "--device", "cpu"]) == 2  # no weights ship yet
+    err = capsys.readouterr().err
+    assert err.startswith("error: no trained model ships") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_metadata_has_one_definition():
+    """ONNX graphs and AOTI packages describe themselves with the same keys (export/metadata.py)."""
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=1))
+    aoti = AotiExporter(g, device="cpu").metadata()
+    onnx_meta = onnx_export.metadata(g, "float")
+    assert set(aoti) - set(onnx_meta) == {"deblurgan.device", "deblurgan.max_batch"}
+    assert set(onnx_meta) - set(aoti) == {"deblurgan.norm_precision"}
+    assert all(aoti[k] == onnx_meta[k] for k in set(aoti) & set(onnx_meta))
 
 
 # --- C++ ----------------------------------------------------------------------------------------------

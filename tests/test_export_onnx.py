@@ -1,4 +1,5 @@
-"""ONNX export: graph contents, metadata, dynamic shapes, onnxruntime vs PyTorch, CLI errors, atomic writes."""
+"""ONNX export: graph contents, metadata, dynamic shapes, onnxruntime vs PyTorch, fp16/bf16 graphs vs fp32
+PyTorch on natural photographs, CLI errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import torch
 
 from deblurgan import Generator, GeneratorConfig
 from deblurgan.checkpoint import load_generator, save_generator
-from export.onnx import OnnxExporter, main, parse_size, read_metadata, verify_onnx
+from export import onnx as onnx_export
+from export.onnx import (
+    BF16_OPSET,
+    OPSET,
+    OnnxExporter,
+    graph_precision,
+    main,
+    natural_images,
+    parse_size,
+    read_metadata,
+    verify_onnx,
+    verify_precision,
+)
 from export.runtime import OnnxRunner, load_runner
 
 FP32_ATOL = 1e-4  # the issue's bound for fp32 exports (max abs, outputs in [-1, 1])
@@ -171,3 +184,134 @@ def test_authors_checkpoint_and_triton_config_export(tmp_path):
     assert main(["--checkpoint", str(tmp_path / "t.pth"), "--out", str(tmp_path / "t.onnx")]) == 0
     ops = {n.op_type for n in onnx.load(str(tmp_path / "t.onnx")).graph.node}
     assert "InstanceNormalization" in ops
+
+
+def test_every_option_has_help():
+    for action in onnx_export.build_parser()._actions:
+        assert action.help, action.option_strings
+
+
+def test_fp32_graph_says_its_precision(tiny):
+    d, _ = tiny
+    meta = read_metadata(d / "g.onnx")
+    assert meta["deblurgan.precision"] == "fp32" and meta["deblurgan.norm_precision"] == "fp32"
+    assert graph_precision(onnx.load(str(d / "g.onnx"))) == ("fp32", "fp32")
+
+
+def test_checkpoint_defaults_to_the_shipped_model(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "x.onnx")]) == 2  # no weights ship yet: one line, nothing written
+    err = capsys.readouterr().err
+    assert err.startswith("error: no trained model ships") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_verification_failure_exits_1_and_keeps_the_old_file(tiny, tmp_path, capsys):
+    """A graph that fails its own check must not be reported as a success, nor replace a good file."""
+    d, _ = tiny
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"previous model")
+    assert main(["--checkpoint", str(d / "g.pth"), "--out", str(out), "--atol", "1e-12"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: exported model differs from PyTorch by") and err.count("\n") == 1
+    assert f"{out} was not written" in err
+    assert out.read_bytes() == b"previous model" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+# --- fp16 / bf16 graphs -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory):
+    """fp16 and bf16 graphs of a random-weight generator (the authors' N(0, 0.02) init), written by the CLI."""
+    d = tmp_path_factory.mktemp("onnx_reduced")
+    torch.manual_seed(0)
+    ckpt = save_generator(Generator(GeneratorConfig(ngf=8, n_blocks=2)).eval(), d / "g.pth")
+    for precision in ("fp16", "bf16"):
+        assert main(["--checkpoint", str(ckpt), "--out", str(d / f"g_{precision}.onnx"), f"--{precision}"]) == 0
+    return d, load_generator(ckpt)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_graph_is_typed_as_asked(reduced, precision):
+    d, _ = reduced
+    model = onnx.load(str(d / f"g_{precision}.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert graph_precision(model) == (precision, "fp32")  # weights in the type, every instance norm in fp32
+    assert all(
+        v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in (*model.graph.input, *model.graph.output)
+    )
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Cast") >= 2 * ops.count("InstanceNormalization") + 2  # around every norm, in and out
+    assert model.opset_import[0].version == (BF16_OPSET if precision == "bf16" else OPSET)
+    meta = read_metadata(d / f"g_{precision}.onnx")
+    assert meta["deblurgan.precision"] == precision and meta["deblurgan.norm_precision"] == "fp32"
+    assert meta["deblurgan.layout"] == "NCHW RGB float32"
+
+
+@pytest.mark.parametrize(("precision", "evaluator"), [("fp16", "onnxruntime"), ("bf16", "onnx.reference")])
+def test_reduced_precision_matches_fp32_pytorch_on_photos(reduced, precision, evaluator):
+    """ONNX Runtime runs the fp16 graph; it has no bf16 convolution on CPU, so the ONNX reference evaluator
+    runs the bf16 one. Both against fp32 PyTorch on two natural photographs at two sizes."""
+    d, g = reduced
+    db, used = verify_precision(d / f"g_{precision}.onnx", g, sizes=[(64, 64), (48, 80)])
+    assert used == evaluator
+    assert db >= 45.0
+    x = torch.from_numpy(np.stack(natural_images([(64, 64)]))).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        assert (g(x) - x).abs().mean() > 0.05  # the random generator changes the photos: a real comparison
+
+
+def large_mean_generator() -> Generator:
+    """The stem convolution's output has per-plane means near 1000 and deviations near 300: most planes'
+    variance (~1e5) is beyond fp16's largest value (65504), while every activation still fits in fp16."""
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=1)).eval()
+    with torch.no_grad():
+        g.model[1].weight.mul_(3000.0)
+        g.model[1].bias.fill_(1000.0)
+    return g
+
+
+def _stem_planes(g: Generator) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(natural_images([(32, 32)]))).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        return g.model[1](g.model[0](x))
+
+
+def test_fp32_instance_norm_survives_large_mean_activations(tmp_path):
+    """fp16 graph, instance norm in fp32: still >= 45 dB where fp16 statistics would overflow.
+
+    ONNX Runtime's CPU InstanceNormalization computes fp16 inputs in fp32, so it cannot show the overflow;
+    the reference evaluator computes in the graph's types, as a strongly typed TensorRT network does."""
+    g = large_mean_generator()
+    stem = _stem_planes(g)
+    assert stem.var(dim=(2, 3)).median() > 65504 and stem.abs().max() < 65504  # most planes overflow fp16
+    path = OnnxExporter(g, precision="fp16").export(tmp_path / "large.onnx")
+    for evaluator in ("onnxruntime", "reference"):
+        db, _ = verify_precision(path, g, sizes=[(32, 32)], evaluator=evaluator)
+        assert db >= 45.0, evaluator
+
+
+def test_large_mean_case_fails_with_fp16_instance_norm(tmp_path, monkeypatch):
+    """The control: the same graph with instance norm left in fp16 falls apart in the reference evaluator
+    (and check_graph refuses to write such a graph)."""
+    g = large_mean_generator()
+    monkeypatch.setattr(onnx_export.Fp32Norm, "forward", lambda self, x: self.norm(x))
+    with pytest.raises(RuntimeError, match="instance norm in fp16"):
+        OnnxExporter(g, precision="fp16").export(tmp_path / "refused.onnx")
+    monkeypatch.setattr(onnx_export, "check_graph", lambda *a, **k: None)
+    path = OnnxExporter(g, precision="fp16").export(tmp_path / "fp16_norm.onnx")
+    assert graph_precision(onnx.load(str(path))) == ("fp16", "fp16")
+    db, _ = verify_precision(path, g, sizes=[(32, 32)], evaluator="reference")
+    assert db < 30.0
+
+
+def test_reduced_precision_cli_checks(reduced, tmp_path, capsys):
+    d, _ = reduced
+    out = tmp_path / "m.onnx"
+    assert main(["--checkpoint", str(d / "g.pth"), "--out", str(out), "--bf16", "--opset", "18"]) == 2
+    assert "--bf16 needs --opset >= 22" in capsys.readouterr().err
+    assert main(["--checkpoint", str(d / "g.pth"), "--out", str(out), "--fp16", "--min-psnr", "200"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: fp16 model reaches") and "< 200 dB" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

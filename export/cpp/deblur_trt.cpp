@@ -1,13 +1,19 @@
-// deblur_trt: run a DeblurGAN TensorRT 10 engine (.engine from `python -m export.trt`) on one image.
+// deblur_trt: run a DeblurGAN TensorRT 10 or 11 engine (.engine from `python -m export.trt`) on one image.
 //
 //   deblur_trt deblurgan.engine blurred.ppm sharp.ppm
 //
 // Same conventions as the Python Deblurrer: RGB scaled to [-1, 1], reflect-padded to a multiple of 4,
-// output cropped back and rounded to 8 bits. The engine must come from the float-I/O ONNX export and
-// must have been built on this GPU model with this TensorRT version. Built only when CMake finds TensorRT;
-// it was not compiled or run on the development machines (no TensorRT there).
+// output cropped back and rounded to 8 bits. The engine must come from the float-I/O ONNX export (fp16 and
+// bf16 engines take and return float32 too) and must have been built on this GPU model with this TensorRT
+// version. Only runtime calls present in both TensorRT 10 and 11 are used: createInferRuntime,
+// deserializeCudaEngine, getNbIOTensors/getIOTensorName/getTensorIOMode/getTensorDataType, setInputShape,
+// setTensorAddress, enqueueV3. Built only when CMake finds TensorRT and the CUDA toolkit.
 #include <NvInfer.h>
 #include <cuda_runtime_api.h>
+
+#if !defined(NV_TENSORRT_MAJOR) || NV_TENSORRT_MAJOR < 10 || NV_TENSORRT_MAJOR > 11
+#error "deblur_trt supports the TensorRT 10 and 11 headers (NvInferVersion.h names another major version)"
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -117,8 +123,9 @@ int main(int argc, char** argv) {
     cudaStream_t stream;
     check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
     check_cuda(cudaMemcpyAsync(d_in.ptr, host_in.data(), bytes, cudaMemcpyHostToDevice, stream), "copy in");
-    context->setTensorAddress(input.c_str(), d_in.ptr);
-    context->setTensorAddress(output.c_str(), d_out.ptr);
+    // cudaMalloc returns 256-byte aligned memory, the alignment setTensorAddress requires
+    if (!context->setTensorAddress(input.c_str(), d_in.ptr) || !context->setTensorAddress(output.c_str(), d_out.ptr))
+      throw std::runtime_error("TensorRT refused a tensor address (see the TensorRT log above)");
     if (!context->enqueueV3(stream)) throw std::runtime_error("enqueueV3 failed");
     check_cuda(cudaMemcpyAsync(host_out.data(), d_out.ptr, bytes, cudaMemcpyDeviceToHost, stream), "copy out");
     check_cuda(cudaStreamSynchronize(stream), "synchronize");
