@@ -100,11 +100,14 @@ def load_generator(
     kernels: str | None = None,
     use_ema: bool = True,
     learn_residual: bool | None = None,
+    run_device: str | torch.device | None = None,
 ) -> Generator:
     """A ready generator (eval mode) from our checkpoint or the authors' `latest_net_G.pth`.
 
     Loading is strict: missing, unexpected or mis-shaped weights raise CheckpointError.
-    `kernels` overrides the IN+activation backend (checkpoints are interchangeable between backends).
+    `kernels` overrides the IN+activation implementation (weights are interchangeable between them); without it,
+    the saved choice is kept where it runs on `run_device` (default: `map_location`), else plain PyTorch is used,
+    so a checkpoint trained with Triton kernels on a GPU loads for a CPU run.
     `learn_residual` applies to original checkpoints only (the authors' release used it).
     """
     obj = load_checkpoint(path, map_location)
@@ -138,9 +141,20 @@ def load_generator(
         raise CheckpointError(f"{path}: not a DeblurGAN checkpoint (keys: {sorted(obj)[:5]})")
     if kernels is not None:
         cfg.kernels = kernels
+    else:
+        cfg.kernels = _kernels_for(cfg.kernels, run_device if run_device is not None else map_location)
     gen = Generator(cfg)
     load_state_dict_strict(gen, state, str(path))
     return gen.eval()
+
+
+def _kernels_for(saved: str, device: str | torch.device) -> str:
+    """The saved kernels choice where it runs compiled on `device` (CUDA), else 'torch' (the weights are the same)."""
+    from .layers import resolve_kernels
+
+    if saved not in ("triton", "auto"):
+        return saved
+    return resolve_kernels("auto", device) if torch.device(device).type == "cuda" else "torch"
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: dict, where: str) -> None:

@@ -215,3 +215,21 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["step"].item() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("saved", ["triton", "auto"])
+def test_a_checkpoint_trained_with_triton_kernels_loads_for_a_cpu_run(saved, tmp_path):
+    """GPU runs save kernels='triton'; on a CPU the same weights load with the plain-PyTorch layers, same output."""
+    from deblurgan.checkpoint import make_checkpoint
+
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(ngf=8, n_blocks=1))
+    ckpt = make_checkpoint(g)
+    ckpt["generator_config"]["kernels"] = saved
+    torch.save(ckpt, tmp_path / "g.pt")
+    loaded = load_generator(tmp_path / "g.pt")
+    assert loaded.config.kernels == "torch"
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), g.eval()(x))
+    assert load_generator(tmp_path / "g.pt", kernels="triton").config.kernels == "triton"  # asked for: kept
