@@ -114,7 +114,7 @@ def _imagenet(download: bool) -> nn.Sequential:
         return _load_features_state(_read(cached), str(cached))
     if download:
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 state = torch.hub.load_state_dict_from_url(VGG19_URL, map_location="cpu", progress=False)
             model = _load_features_state(state, VGG19_URL)
             print(f"downloaded the ImageNet VGG19 weights to {cached}", file=sys.stderr)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,21 +111,22 @@ def test_auto_falls_back_to_random_with_warning(no_imagenet, capsys) -> None:
 
 @pytest.fixture
 def offline_like_torch_hub(tmp_path, monkeypatch):
-    """An empty hub cache and a download that fails as torch.hub's does offline: after printing its own line."""
+    """An empty hub cache and the real torch.hub.load_state_dict_from_url (which prints its own 'Downloading:' line)
+    whose transfer fails as it does offline."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
     def offline(url, *a, **k):
-        sys.stderr.write(f'Downloading: "{url}" to {tmp_path / "hub"}\n')
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     return tmp_path / "hub"
 
 
 def test_missing_imagenet_weights_print_one_line_once(offline_like_torch_hub, capsys) -> None:
     """No 'Downloading: https://...' on a machine without network, and the random-VGG warning once."""
     load_vgg19_features("auto")
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == "", out  # torch.hub writes 'Downloading: ...' to stdout
     assert err.count("\n") == 1 and "Downloading" not in err and "http" not in err, err
     assert err.startswith("warning: ImageNet VGG19 weights not found") and "NOT the paper's loss" in err
     with pytest.raises(DeblurGANError):
