@@ -1,4 +1,4 @@
-"""load_runner: backend detection, one-line errors, and every runner through the same Deblurrer."""
+"""load_runner: runtime detection, one-line errors, one door to the torch runtime, all runners via the Deblurrer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from deblurgan.checkpoint import save_generator
 from deblurgan.errors import DeblurGANError
 from deblurgan.inference import Deblurrer
 from export.onnx import OnnxExporter
-from export.runtime import OnnxRunner, Runner, TorchRunner, check_input, detect_backend, load_runner
+from export.runtime import OnnxRunner, Runner, TorchRunner, check_input, detect_runtime, load_runner
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,38 @@ def artifacts(tmp_path_factory):
     return ckpt, onnx_path
 
 
-def test_detect_backend():
-    assert detect_backend("a/b.onnx") == "onnx" and detect_backend("m.PT2") == "aoti"
-    assert detect_backend("x.engine") == "tensorrt" and detect_backend("latest_net_G.pth") == "torch"
-    with pytest.raises(DeblurGANError, match="pass --backend"):
-        detect_backend("model.bin")
+def test_detect_runtime():
+    assert detect_runtime("a/b.onnx") == "onnx" and detect_runtime("m.PT2") == "aoti"
+    assert detect_runtime("x.engine") == "tensorrt" and detect_runtime("latest_net_G.pth") == "torch"
+    with pytest.raises(DeblurGANError, match="pass --runtime"):
+        detect_runtime("model.bin")
+
+
+def test_one_door_to_the_torch_runtime(artifacts, monkeypatch):
+    """Deblurrer(checkpoint) and load_runner(..., runtime="torch") open checkpoints through the same function."""
+    import deblurgan.inference as inf
+    import export.runtime as rt
+
+    assert rt.Runner is inf.Runner and rt.TorchRunner is inf.TorchRunner and rt.check_input is inf.check_input
+    assert rt.RUNTIMES is inf.RUNTIMES
+    calls = []
+    original = inf.TorchRunner.from_checkpoint.__func__
+
+    def spy(cls, path, *a, **k):
+        calls.append(path)
+        return original(cls, path, *a, **k)
+
+    monkeypatch.setattr(inf.TorchRunner, "from_checkpoint", classmethod(spy))
+    ckpt = artifacts[0]
+    Deblurrer(ckpt, precision="fp32")
+    load_runner(ckpt, runtime="torch", precision="fp32")
+    load_runner(ckpt, backend="torch")  # the older keyword
+    assert len(calls) == 3
 
 
 def test_runners_follow_the_interface(artifacts):
     ckpt, onnx_path = artifacts
-    torch_runner = load_runner(ckpt, "auto")
+    torch_runner = load_runner(ckpt, "auto", precision="fp32")
     onnx_runner = load_runner(onnx_path, "onnx", device=torch.device("cpu"))
     assert isinstance(torch_runner, TorchRunner) and isinstance(onnx_runner, OnnxRunner)
     x = torch.rand(2, 3, 36, 52, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -49,15 +71,19 @@ def test_load_runner_errors(artifacts, tmp_path):
     ckpt, onnx_path = artifacts
     cases = [
         ((tmp_path / "missing.onnx", "onnx"), "not found"),
-        ((onnx_path, "aoti"), "for the onnx backend, not aoti: use --backend onnx"),
-        ((ckpt, "onnx"), "for the torch backend"),
-        ((onnx_path, "caffe"), "unknown backend"),
+        ((onnx_path, "aoti"), "for the onnx runtime, not aoti: use --runtime onnx"),
+        ((ckpt, "onnx"), "for the torch runtime"),
+        ((onnx_path, "caffe"), "unknown runtime"),
     ]
-    for (path, backend), msg in cases:
+    for (path, runtime), msg in cases:
         with pytest.raises(DeblurGANError, match=msg):
-            load_runner(path, backend)
-    with pytest.raises(DeblurGANError, match="precision is set at export"):
+            load_runner(path, runtime)
+    with pytest.raises(DeblurGANError, match="precision is set when it is exported"):
         load_runner(onnx_path, "onnx", fp16=True)
+    with pytest.raises(DeblurGANError, match="precision is set when it is exported"):
+        load_runner(onnx_path, "onnx", precision="bf16")
+    with pytest.raises(DeblurGANError, match="unknown precision"):
+        load_runner(ckpt, "torch", precision="int8")
     with pytest.raises(DeblurGANError, match="CUDA"):
         load_runner(ckpt, "torch", fp16=True)  # fp16 eager needs CUDA
     junk = tmp_path / "junk.onnx"
@@ -77,7 +103,7 @@ def test_deblurrer_gives_same_image_with_onnx_runner(artifacts):
     """The same padding / conversion path: an odd-sized uint8 image through both backends."""
     ckpt, onnx_path = artifacts
     image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    ref = Deblurrer(ckpt, tile_stats="tile").deblur(image)
+    ref = Deblurrer(ckpt, tile_stats="tile", precision="fp32").deblur(image)
     got = Deblurrer(runner=load_runner(onnx_path, "onnx"), tile_stats="tile").deblur(image)
     assert got.shape == ref.shape == image.shape and got.dtype == np.uint8
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
