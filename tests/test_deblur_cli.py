@@ -18,6 +18,14 @@ RNG = np.random.default_rng(5)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _auto_is_fp32(monkeypatch):
+    """These tests compare with fp32 references: "auto" means fp32 here on every CPU (bf16: test_precision.py)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tiny_ckpt) -> Path:
     return tiny_ckpt

@@ -19,6 +19,14 @@ from engine.evaluate import main, to_rgb8
 RNG = np.random.default_rng(11)
 
 
+@pytest.fixture(autouse=True)
+def _auto_is_fp32(monkeypatch):
+    """These tests compare with fp32 references: "auto" means fp32 here on every CPU (bf16: test_precision.py)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(1)

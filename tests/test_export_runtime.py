@@ -14,6 +14,14 @@ from export.onnx import OnnxExporter
 from export.runtime import OnnxRunner, Runner, TorchRunner, check_input, detect_runtime, load_runner
 
 
+@pytest.fixture(autouse=True)
+def _auto_is_fp32(monkeypatch):
+    """These tests compare with fp32 references: "auto" means fp32 here on every CPU (bf16: test_precision.py)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     d = tmp_path_factory.mktemp("runtime")
