@@ -481,8 +481,8 @@ class Deblurrer:
         if batch_size < 1:
             raise DeblurGANError(f"batch size must be >= 1 (got {batch_size})")
         self.generator = getattr(runner, "generator", None)
-        if tile_stats == "global" and not isinstance(self.generator, Generator):
-            tile_stats = "tile"  # exported graphs cannot take frozen statistics
+        if tile_stats == "global" and not self._exact_capable():
+            tile_stats = "tile"  # plain exported graphs cannot take frozen statistics
         self.tile, self.overlap, self.tile_stats = tile, overlap, tile_stats
         self.batch_size = min(batch_size, getattr(runner, "max_batch", None) or batch_size)
         self.max_memory = max_memory
@@ -567,11 +567,28 @@ class Deblurrer:
 
     # -- internals
 
+    def _exact_capable(self) -> bool:
+        """A torch generator, or a runner made of segments that take IN statistics (export.onnx_stats)."""
+        return isinstance(self.generator, Generator) or callable(getattr(self.runner, "program", None))
+
+    def _program(self) -> tuple[object, bool]:
+        """The steps of exact tiling and whether the output adds the input (learn_residual)."""
+        if isinstance(self.generator, Generator):
+            gen = torch_generator(self.generator)
+            return TorchProgram(gen), gen.config.learn_residual
+        return self.runner.program(), bool(getattr(self.runner, "learn_residual", False))
+
     def _margin(self) -> int:
-        return receptive_radius(self.generator) if isinstance(self.generator, Generator) else 0
+        if isinstance(self.generator, Generator):
+            return receptive_radius(self.generator)
+        return int(getattr(self.runner, "receptive_radius", 0))
 
     def _bytes_per_pixel(self) -> int:
-        """Peak activation bytes per image pixel of one forward pass (fp32 measurement; halved for fp16)."""
+        """Peak activation bytes per image pixel of one forward pass: the runner's own figure (exported runtimes),
+        else the torch estimate (fp32 measurement; halved for fp16)."""
+        own = getattr(self.runner, "bytes_per_pixel", None)
+        if own:
+            return int(own)
         ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
         per_channel = ACTIVATION_BYTES_PER_CHANNEL // 2 if self.precision == "fp16" else ACTIVATION_BYTES_PER_CHANNEL
         return ngf * per_channel
@@ -628,7 +645,8 @@ class Deblurrer:
         bs = self._window_batch(plan)
         if self.tile_stats == "global":
             budget = self._cache_budget(plan, bs)
-            outs = _ExactTiles(torch_generator(self.generator), self.runner, x, plan, bs, budget).run()
+            program, residual = self._program()
+            outs = _ExactTiles(program, self.runner, x, plan, bs, budget, learn_residual=residual).run()
         else:
             outs = (
                 self._run(torch.cat([x[..., a:b, c:d] for a, b, c, d in windows[i : i + bs]]))
@@ -727,6 +745,18 @@ def run_program(
     return h, skips
 
 
+class TorchProgram:
+    """A generator program as steps for exact tiling: `run(state, start, stop, stats)`, `n_steps`, `norm_at`."""
+
+    def __init__(self, gen: Generator) -> None:
+        self.ops = generator_program(gen)
+        self.n_steps = len(self.ops)
+        self.norm_at = [i for i, (kind, _) in enumerate(self.ops) if kind == "norm"]  # state before: IN k's input
+
+    def run(self, state: _State, start: int, stop: int, stats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _State:
+        return run_program(self.ops, state, start, stop, stats)
+
+
 def _state_bytes(state: _State) -> int:
     seen: dict[int, int] = {}
     for t in (state[0], *state[1]):
@@ -745,11 +775,17 @@ class _ExactTiles:
     Keeping states changes the cost, never the numbers.
     """
 
-    def __init__(self, gen: Generator, runner, x: torch.Tensor, plan: TilePlan, bs: int, cache_budget: int) -> None:
-        self.gen, self.runner, self.x, self.plan, self.bs = gen, runner, x, plan, bs
+    def __init__(
+        self, program, runner, x: torch.Tensor, plan: TilePlan, bs: int, cache_budget: int, learn_residual=None
+    ) -> None:
+        if isinstance(program, Generator):
+            learn_residual = program.config.learn_residual if learn_residual is None else learn_residual
+            program = TorchProgram(program)
+        self.program, self.learn_residual = program, bool(learn_residual)
+        self.runner, self.x, self.plan, self.bs = runner, x, plan, bs
         self.windows = plan.windows()
-        self.ops = generator_program(gen)
-        self.norm_at = [i for i, (kind, _) in enumerate(self.ops) if kind == "norm"]
+        self.n_steps = program.n_steps
+        self.norm_at = list(program.norm_at)
         self.n_in = len(self.norm_at)
         self.budget = cache_budget
         self.step_bytes = self._bytes_per_window_pixel()
@@ -772,8 +808,8 @@ class _ExactTiles:
         outs: list[torch.Tensor | None] = [None] * len(self.windows)
         for group in self._groups():
             with torch.inference_mode(), _autocast(self.runner):
-                h, _ = self._advance(group, len(self.ops), stats, keep=False)
-                if self.gen.config.learn_residual:
+                h, _ = self._advance(group, self.n_steps, stats, keep=False)
+                if self.learn_residual:
                     h = torch.clamp(self._input(group) + h, -1.0, 1.0)
             for j, o in zip(group, h.float().cpu().split(1), strict=True):
                 outs[j] = o
@@ -787,13 +823,13 @@ class _ExactTiles:
         x = torch.zeros(1, 3, size, size, device=self.runner.device)
         out: list[float] = [0.0]  # the input is not kept (it is cut from the image again)
         state: _State = (x, ())
+        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
         with torch.inference_mode(), _autocast(self.runner):
-            for i, (kind, _) in enumerate(self.ops):
-                if kind == "norm":  # any statistics do for sizes
-                    h = state[0].float()
-                    state = (frozen_norm(h, h.mean((0, 2, 3)), h.var((0, 2, 3)), 1e-5), state[1])
-                else:
-                    state = run_program(self.ops, state, i, i + 1, [])
+            for i in range(self.n_steps):
+                if i in self.norm_at:  # any statistics do for sizes: this window's own
+                    h = state[0].double()
+                    stats.append((h.mean((0, 2, 3)).float(), h.var((0, 2, 3), unbiased=False).float()))
+                state = self.program.run(state, i, i + 1, stats)
                 out.append(_state_bytes(state) / (size * size))
         return out
 
@@ -838,7 +874,7 @@ class _ExactTiles:
                 self.state[j], self.pos[j] = None, 0
             self.used -= old
         if to > start:
-            state = run_program(self.ops, state, start, to, stats)
+            state = self.program.run(state, start, to, stats)
             self.steps_run += (to - start) * len(group)
             for n, j in enumerate(group):
                 h = state[0][n : n + 1].cpu().clone()
@@ -848,7 +884,7 @@ class _ExactTiles:
             self.peak_cached = max(self.peak_cached, self.used)
             start = to
         self.steps_run += (stop - start) * len(group)
-        return run_program(self.ops, state, start, stop, stats)
+        return self.program.run(state, start, stop, stats)
 
     def _stats_of(self, k: int, stats: list) -> tuple[torch.Tensor, torch.Tensor]:
         at = self.norm_at[k]

@@ -9,7 +9,8 @@ inside), `max_batch` (None = any), `name`. Pre/post-processing, padding and tili
     runner = load_runner("deblurgan.onnx", runtime="onnx")
     y = runner(x)
 
-Runners: `TorchRunner` (from deblurgan.inference), `OnnxRunner`, `AOTIRunner`, `TensorRTRunner`.
+Runners: `TorchRunner` (from deblurgan.inference), `OnnxRunner`, `AOTIRunner`, `TensorRTRunner`, and
+`export.onnx_stats.OnnxStatsRunner` for a folder written by `python -m export.onnx_stats` (exact tiling).
 """
 
 from __future__ import annotations
@@ -259,7 +260,11 @@ def _torch_dtype(trt_dtype) -> torch.dtype:
 
 
 def detect_runtime(path: str | os.PathLike) -> str:
-    """The runtime a file belongs to, from its suffix."""
+    """The runtime a file belongs to, from its suffix (a folder from export.onnx_stats: onnx)."""
+    from .onnx_stats import is_stats_model
+
+    if is_stats_model(path):
+        return "onnx"
     suffix = Path(path).suffix.lower()
     for runtime, suffixes in SUFFIXES.items():
         if suffix in suffixes:
@@ -287,6 +292,15 @@ def load_runner(
         runtime = detect_runtime(path)
     if runtime not in RUNTIMES:
         raise DeblurGANError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and path.is_dir():
+        from .onnx_stats import OnnxStatsRunner, is_stats_model
+
+        if not is_stats_model(path):
+            raise DeblurGANError(f"{path} is a folder, not an ONNX model (nor one written by export.onnx_stats)")
+        _require("onnxruntime", "pip install onnxruntime")
+        if fp16 or precision not in ("auto", "fp32"):
+            raise DeblurGANError("--precision applies to the torch runtime; this ONNX model computes in fp32")
+        return OnnxStatsRunner(path, device=device)
     if not path.is_file():
         raise DeblurGANError(f"{runtime} model not found: {path}")
     found = _suffix_runtime(path)

@@ -116,3 +116,31 @@ def test_deblurrer_gives_same_image_with_onnx_runner(artifacts):
     assert got.shape == ref.shape == image.shape and got.dtype == np.uint8
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
     assert np.abs(got.astype(int) - image.astype(int)).mean() > 1  # the model did something
+
+
+def test_onnx_stats_model_tiles_exactly(artifacts, tmp_path):
+    """export.onnx_stats: IN statistics as inputs, so ONNX Runtime tiles like the torch runtime (exact)."""
+    pytest.importorskip("onnxruntime")
+    from deblurgan.checkpoint import load_generator
+    from export.onnx_stats import OnnxStatsRunner, export_stats
+
+    ckpt, onnx_path = artifacts
+    gen = load_generator(ckpt)
+    folder = export_stats(gen, tmp_path / "stats")
+    runner = load_runner(folder, precision="fp32")  # a folder with the manifest: the onnx runtime
+    assert isinstance(runner, OnnxStatsRunner) and isinstance(runner, Runner)
+    x = torch.rand(1, 3, 150, 190, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    torch_runner = TorchRunner(gen, precision="fp32")
+    untiled = Deblurrer(runner=torch_runner).deblur_tensor(x)
+    assert (Deblurrer(runner=runner).deblur_tensor(x) - untiled).abs().max() < 1e-4  # per-image IN, untiled
+    d = Deblurrer(runner=runner, tile=128)
+    assert d.tile_stats == "global" and len(d.plan(152, 192).windows()) == 4
+    assert (d.deblur_tensor(x) - untiled).abs().max() < 1e-3  # exact tiling through the segments
+    kept_none = Deblurrer(runner=runner, tile=128, cache_budget=0).deblur_tensor(x)
+    assert (kept_none - untiled).abs().max() < 1e-3
+    plain = Deblurrer(runner=load_runner(onnx_path, "onnx"), tile=128).deblur_tensor(x)  # per-tile statistics
+    assert (plain - untiled).abs().max() > 1e-2
+    with pytest.raises(DeblurGANError, match="not a folder written by export.onnx_stats"):
+        export_stats(gen, tmp_path)
+    with pytest.raises(DeblurGANError, match="is a folder"):
+        load_runner(tmp_path, "onnx")
