@@ -287,7 +287,8 @@ def section_ceilings(res: Results) -> list[str]:
         rows.append(["device-to-device copy", size, f"{fmt_num(copy.extra['gbps'])} GB/s (read + write)"])
     for mm in res.matmul_rows():
         if mm.extra.get("tflops"):
-            rate = f"{fmt_num(mm.extra['tflops'])} TFLOP/s" if res.on_gpu else f"{mm.extra['tflops'] * 1e3:.0f} GFLOP/s"
+            tf = mm.extra["tflops"]
+            rate = f"{fmt_num(tf)} TFLOP/s" if res.on_gpu else f"{fmt_num(tf * 1e3)} GFLOP/s"
             rows.append([f"matmul {mm.dtype}", mm.shape, rate])
     if not rows:
         return lines + ["Not measured in this run (no `calibration` benchmarks): % of bandwidth is not shown.", ""]
@@ -388,7 +389,7 @@ def _generic_rows(
         if with_bw:
             cells += [fmt_num(gbps) if gbps else "-", f"{fmt_num(100 * gbps / copy)} %" if gbps and copy else "-"]
         if with_tf:
-            rate = (fmt_num(tflops) if res.on_gpu else f"{tflops * 1e3:.0f}") if tflops else "-"
+            rate = fmt_num(tflops if res.on_gpu else tflops * 1e3) if tflops else "-"
             cells += [
                 rate,
                 f"{fmt_num(100 * tflops / peak)} %" if tflops and peak else "-",

@@ -45,13 +45,14 @@ from .errors import DeblurGANError
 from .networks import Generator, ResnetBlock
 from .precision import autocast, resolve_precision
 
-CPU_MEMORY_BUDGET = 4 * 2**30  # default bound (bytes) of a job's host memory on CPU: activations, states, buffers
+CPU_MEMORY_BUDGET = 7 * 2**29  # default bound (3.5 GiB) of a job's host memory on CPU: activations, states, buffers
 DEFAULT_TILE_OVERLAP = 32  # per-tile statistics: overlap of neighbouring tiles, blended linearly
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 SIZE_MULTIPLE, MIN_SIZE = 4, 8  # what the generator takes: H, W multiples of 4 (two stride-2 levels), >= 8
 RUNTIMES = ("torch", "onnx", "aoti", "tensorrt")  # inference runtimes (`export.runtime.load_runner`)
 IMAGE_BYTES_PER_PIXEL = 41  # host buffers per image pixel besides the model (input, output, blending; measured)
 ACTIVATION_BYTES_PER_CHANNEL = 18  # peak activation bytes per pixel per generator ngf channel, fp32 (measured)
+STATE_BYTES_PER_CHANNEL = 2  # exact tiling: kept quarter-resolution states (activation + ResBlock input), fp32
 
 
 def size_ok(height: int, width: int) -> bool:
@@ -418,7 +419,7 @@ class Deblurrer:
 
     precision: "auto" (bf16 on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16" (CUDA); torch only.
     tile: window size in px (multiple of 4); None = automatic (tiles only when the image does not fit the
-    memory bound: `max_memory` bytes of host memory on CPU, 4 GiB by default; 60% of free CUDA memory on GPU).
+    memory bound: `max_memory` bytes of host memory on CPU, 3.5 GiB by default; 60% of free CUDA memory on GPU).
     overlap: px shared by neighbouring windows (multiple of 4); None = automatic (exact for global stats).
     tile_stats: "global" (exact, torch only) or "tile" (per-window IN, one pass).
     memory_budget / cache_budget: explicit bytes for activations / kept window states (override max_memory).
@@ -545,8 +546,7 @@ class Deblurrer:
         if tile is None:
             if self._fits(height, width, batch):
                 return None
-            share = self._budget(height, width) // (2 if self._shares_host_memory() else 1)
-            tile = _balanced_tile(height, width, max(8, int(math.sqrt(share / self._bytes_per_pixel()))), overlap)
+            tile = self._auto_tile(height, width, overlap)
         if height <= tile and width <= tile:
             return None
         if self.tile_stats == "global":
@@ -566,6 +566,28 @@ class Deblurrer:
         return TilePlan(height, width, tile, overlap, margin)
 
     # -- internals
+
+    def _auto_tile(self, height: int, width: int, overlap: int) -> int:
+        """The window size for an image that does not fit whole.
+
+        Exact tiling on CPU: the largest balanced window whose activations plus every window's quarter-resolution
+        states (STATE_BYTES_PER_CHANNEL x ngf per window pixel) fit the bound, so each layer runs once per window;
+        if none does, half the bound for activations. Otherwise: the whole activation budget.
+        """
+        budget, per_px = self._budget(height, width), self._bytes_per_pixel()
+        largest = max(8, int(math.sqrt(budget / per_px)))
+        if not self._shares_host_memory():
+            return _balanced_tile(height, width, largest, overlap)
+        ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
+        for candidate in range(largest // 4 * 4, overlap + 8, -32):
+            tile = _balanced_tile(height, width, candidate, overlap)
+            windows = TilePlan(height, width, tile, overlap, 0).windows()
+            covered = sum((b - a) * (d - c) for a, b, c, d in windows)
+            if min(tile, height) * min(tile, width) * per_px + covered * STATE_BYTES_PER_CHANNEL * ngf <= budget:
+                return tile
+            if tile <= 2 * overlap + 8:
+                break
+        return _balanced_tile(height, width, max(8, int(math.sqrt(budget / 2 / per_px))), overlap)
 
     def _exact_capable(self) -> bool:
         """A torch generator, or a runner made of segments that take IN statistics (export.onnx_stats)."""
@@ -793,6 +815,7 @@ class _ExactTiles:
         self.pos = [0] * n  # per window: the program step its kept state is at (0: the input, not kept)
         self.state: list[_State | None] = [None] * n
         self.used = 0  # bytes of kept states
+        self.total_px = sum(self._window_px(j) for j in range(n))
         self.peak_cached = 0
         self.steps_run = 0  # program steps run over all windows and passes (a cost measure for tests)
 
@@ -864,8 +887,8 @@ class _ExactTiles:
                 ),
             )
         old = sum(_state_bytes(self.state[j]) for j in group if self.state[j] is not None)  # type: ignore[arg-type]
-        room = self.budget - self.used + old
         px = sum(self._window_px(j) for j in group)
+        room = self.budget * px / self.total_px  # every window's fair share: none falls back to its input
         to = start
         if keep:
             to = max((i for i in range(start, stop + 1) if self.step_bytes[i] * px <= room), default=start)
@@ -899,8 +922,9 @@ class _ExactTiles:
                 y0, y1, x0, _ = self.windows[j]
                 (r0, r1), (c0, c1) = rows[j // nx], cols[j % nx]
                 f = (y1 - y0) // a.shape[-2]  # this layer's downsampling factor
-                part = a[:, (r0 - y0) // f : (r1 - y0) // f, (c0 - x0) // f : (c1 - x0) // f].double()
-                ps1, ps2 = part.sum(dim=(1, 2)), (part * part).sum(dim=(1, 2))
+                part = a[:, (r0 - y0) // f : (r1 - y0) // f, (c0 - x0) // f : (c1 - x0) // f].float()
+                ps1 = part.sum(dim=(1, 2), dtype=torch.float64)
+                ps2 = part.square().sum(dim=(1, 2), dtype=torch.float64)
                 s1, s2 = (ps1, ps2) if s1 is None else (s1 + ps1, s2 + ps2)
                 n += part.shape[1] * part.shape[2]
         mean = s1 / n

@@ -80,7 +80,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--max-memory",
         type=parse_bytes,
         metavar="SIZE",
-        help="bound of the host memory a large image may take on CPU, e.g. 4G or 512M (default 4G): "
+        help="bound of the host memory a large image may take on CPU, e.g. 4G or 512M (default 3.5G): "
         "larger images run in smaller tiles",
     )
     p.add_argument("--test-time-dropout", action="store_true", help="keep dropout on (the paper's inference)")
@@ -286,7 +286,10 @@ def _note_tiling(deblurrer, height: int, width: int) -> None:
     _NOTED.add((height, width))
     n = len(plan.windows())
     if deblurrer.tile_stats == "global":
-        how = "whole-image IN statistics: exact, about 2x the work of one pass; --tile-stats tile is faster"
+        how = (
+            "whole-image IN statistics: exact; each layer runs once per tile while the tiles' kept states fit "
+            "--max-memory, early layers are recomputed otherwise; --tile-stats tile is one approximate pass"
+        )
     else:
         how = "per-tile IN statistics: one pass, blended seams, approximate"
     print(f"note: {width}x{height} runs in {n} tiles of {plan.tile} px ({how})", file=sys.stderr)

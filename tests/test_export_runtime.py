@@ -144,3 +144,20 @@ def test_onnx_stats_model_tiles_exactly(artifacts, tmp_path):
         export_stats(gen, tmp_path)
     with pytest.raises(DeblurGANError, match="is a folder"):
         load_runner(tmp_path, "onnx")
+
+
+def test_onnx_runtime_tiles_within_the_memory_bound(artifacts, monkeypatch):
+    """ONNX Runtime's larger measured footprint per pixel makes the Deblurrer tile it sooner than torch."""
+    import deblurgan.inference as inf
+    from export.runtime import ORT_BYTES_PER_CHANNEL
+
+    monkeypatch.setattr(inf, "resident_memory", lambda: 0)
+    ckpt, onnx_path = artifacts
+    runner = load_runner(onnx_path, "onnx")
+    assert runner.bytes_per_pixel == 8 * ORT_BYTES_PER_CHANNEL  # ngf 8, from the model's metadata
+    bound = 200 * 200 * runner.bytes_per_pixel
+    assert Deblurrer(runner=runner, max_memory=bound).plan(160, 160) is None
+    plan = Deblurrer(runner=runner, max_memory=bound).plan(240, 240)
+    assert plan is not None and min(plan.tile, 240) ** 2 * runner.bytes_per_pixel <= bound
+    torch_plan = Deblurrer(ckpt, precision="fp32", max_memory=bound, tile_stats="tile").plan(240, 240)
+    assert torch_plan is None or torch_plan.tile > plan.tile
