@@ -28,8 +28,10 @@ normalises each tile by itself: one pass, feathered seams, approximate.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -665,6 +667,7 @@ class Deblurrer:
     def _run_tiled(self, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
         windows = plan.windows()
         bs = self._window_batch(plan)
+        return_freed_memory()
         if self.tile_stats == "global":
             budget = self._cache_budget(plan, bs)
             program, residual = self._program()
@@ -700,6 +703,27 @@ def _balanced_tile(height: int, width: int, largest: int, overlap: int) -> int:
         n = math.ceil((size - overlap) / (largest - overlap))
         tile = max(tile, _round_up(math.ceil((size + (n - 1) * overlap) / n), 4))
     return min(tile, max(_round_up(height, 4), _round_up(width, 4)))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_mmap_threshold_set = False
+
+
+def return_freed_memory() -> None:
+    """glibc: serve allocations of 4 MiB and more with mmap, so freed window states leave the process at once.
+
+    With glibc's default (a threshold that grows up to 32 MiB as large blocks are freed) the per-window
+    tensors of exact tiling stayed in the heap: one run peaked at 2.10 GB resident where 1.35 GB were live
+    (measured, 1600x1200, 1.5 GiB bound). Process-wide and only on Linux with glibc; elsewhere nothing changes.
+    """
+    global _mmap_threshold_set
+    if _mmap_threshold_set or not sys.platform.startswith("linux"):
+        return
+    _mmap_threshold_set = True
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
+    except (OSError, AttributeError):
+        pass
 
 
 def available_memory() -> int:
