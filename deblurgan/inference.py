@@ -47,7 +47,7 @@ from .errors import DeblurGANError
 from .networks import Generator, ResnetBlock
 from .precision import autocast, resolve_precision
 
-CPU_MEMORY_BUDGET = 7 * 2**29  # default bound (3.5 GiB) of a job's host memory on CPU: activations, states, buffers
+CPU_MEMORY_BUDGET = 4 * 2**30  # default bound (4 GiB) of a job's host memory on CPU: activations, states, buffers
 DEFAULT_TILE_OVERLAP = 32  # per-tile statistics: overlap of neighbouring tiles, blended linearly
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 SIZE_MULTIPLE, MIN_SIZE = 4, 8  # what the generator takes: H, W multiples of 4 (two stride-2 levels), >= 8
@@ -421,7 +421,7 @@ class Deblurrer:
 
     precision: "auto" (bf16 on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16" (CUDA); torch only.
     tile: window size in px (multiple of 4); None = automatic (tiles only when the image does not fit the
-    memory bound: `max_memory` bytes of host memory on CPU, 3.5 GiB by default; 60% of free CUDA memory on GPU).
+    memory bound: `max_memory` bytes of host memory on CPU, 4 GiB by default; 60% of free CUDA memory on GPU).
     overlap: px shared by neighbouring windows (multiple of 4); None = automatic (exact for global stats).
     tile_stats: "global" (exact, torch only) or "tile" (per-window IN, one pass).
     memory_budget / cache_budget: explicit bytes for activations / kept window states (override max_memory).
