@@ -393,7 +393,8 @@ def run_modules(
 def frozen_norm(h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
     """Instance norm with given per-channel statistics, in fp32 whatever the input's dtype."""
     h = h.float()
-    return (h - mean.to(h)[None, :, None, None]) * torch.rsqrt(var.to(h) + eps)[None, :, None, None]
+    out = h - mean.to(h)[None, :, None, None]  # one new tensor: the input and the output, as nn.InstanceNorm2d
+    return out.mul_(torch.rsqrt(var.to(h) + eps)[None, :, None, None])
 
 
 def count_instance_norms(generator: nn.Module) -> int:
@@ -948,7 +949,9 @@ class _ExactTiles:
                 f = (y1 - y0) // a.shape[-2]  # this layer's downsampling factor
                 part = a[:, (r0 - y0) // f : (r1 - y0) // f, (c0 - x0) // f : (c1 - x0) // f].float()
                 ps1 = part.sum(dim=(1, 2), dtype=torch.float64)
-                ps2 = part.square().sum(dim=(1, 2), dtype=torch.float64)
+                ps2 = torch.cat(  # squares 16 channels at a time: no full-size temporary
+                    [c.square().sum(dim=(1, 2), dtype=torch.float64) for c in part.split(16)]
+                )
                 s1, s2 = (ps1, ps2) if s1 is None else (s1 + ps1, s2 + ps2)
                 n += part.shape[1] * part.shape[2]
         mean = s1 / n
