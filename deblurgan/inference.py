@@ -672,7 +672,9 @@ class Deblurrer:
         if self.tile_stats == "global":
             budget = self._cache_budget(plan, bs)
             program, residual = self._program()
-            outs = _ExactTiles(program, self.runner, x, plan, bs, budget, learn_residual=residual).run()
+            ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
+            cap = STATE_BYTES_PER_CHANNEL * ngf  # the quarter-resolution states; full-resolution ones are cheap to redo
+            outs = _ExactTiles(program, self.runner, x, plan, bs, budget, residual, state_cap=cap).run()
         else:
             outs = (
                 self._run(torch.cat([x[..., a:b, c:d] for a, b, c, d in windows[i : i + bs]]))
@@ -823,7 +825,15 @@ class _ExactTiles:
     """
 
     def __init__(
-        self, program, runner, x: torch.Tensor, plan: TilePlan, bs: int, cache_budget: int, learn_residual=None
+        self,
+        program,
+        runner,
+        x: torch.Tensor,
+        plan: TilePlan,
+        bs: int,
+        cache_budget: int,
+        learn_residual=None,
+        state_cap: float | None = None,
     ) -> None:
         if isinstance(program, Generator):
             learn_residual = program.config.learn_residual if learn_residual is None else learn_residual
@@ -836,6 +846,8 @@ class _ExactTiles:
         self.n_in = len(self.norm_at)
         self.budget = cache_budget
         self.step_bytes = self._bytes_per_window_pixel()
+        if state_cap is not None:  # states larger than this per window pixel are recomputed, never kept
+            self.step_bytes = [b if b <= state_cap else math.inf for b in self.step_bytes]
         n = len(self.windows)
         self.pos = [0] * n  # per window: the program step its kept state is at (0: the input, not kept)
         self.state: list[_State | None] = [None] * n
