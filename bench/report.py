@@ -28,10 +28,11 @@ from deblurgan.fsutil import atomic_write_text
 
 # Paper (Kupyn et al. 2018, Table 1, runtime per GoPro 720p frame on a Titan X): context only, never compared.
 PAPER_MS = {"DeblurGAN": 850.0, "DeepDeblur": 4330.0}
-GROUP_ORDER = ["models", "kernels", "inference", "train", "data"]
+GROUP_ORDER = ["models", "kernels", "inference", "large-photo", "train", "data"]
 EXPECTED = {
     "kernels": ["eager", "compile", "triton"],
     "inference": ["eager", "eager-fp16", "compile", "aoti", "onnxruntime", "tensorrt"],
+    "inference-cpu": ["eager", "eager-bf16", "aoti", "aoti-bf16", "onnxruntime"],
     "train": ["eager", "engine"],
     "data": ["reference"],
 }
@@ -95,6 +96,14 @@ class Results:
     def matmul_tflops(self) -> float | None:
         row = self.calibration("matmul")
         return row.extra.get("tflops") if row else None
+
+    def matmul_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.group == "calibration" and r.case.startswith("matmul")]
+
+    def peak_tflops(self, dtype: str) -> float | None:
+        """The matmul ceiling of this dtype measured in this run, else the default (first) matmul row's."""
+        same = next((r for r in self.matmul_rows() if r.dtype == dtype and r.extra.get("tflops")), None)
+        return same.extra["tflops"] if same else self.matmul_tflops
 
 
 def dtype_label(row: Row) -> str:
@@ -276,8 +285,11 @@ def section_ceilings(res: Results) -> list[str]:
     if copy and copy.extra.get("gbps"):
         size = f"{copy.extra['bytes'] / 2 / 2**20:.0f} MiB" if copy.extra.get("bytes") else copy.shape
         rows.append(["device-to-device copy", size, f"{fmt_num(copy.extra['gbps'])} GB/s (read + write)"])
-    if mm and mm.extra.get("tflops"):
-        rows.append([f"matmul {mm.dtype}", mm.shape, f"{fmt_num(mm.extra['tflops'])} TFLOP/s"])
+    for mm in res.matmul_rows():
+        if mm.extra.get("tflops"):
+            tf = mm.extra["tflops"]
+            rate = f"{fmt_num(tf)} TFLOP/s" if res.on_gpu else f"{fmt_num(tf * 1e3)} GFLOP/s"
+            rows.append([f"matmul {mm.dtype}", mm.shape, rate])
     if not rows:
         return lines + ["Not measured in this run (no `calibration` benchmarks): % of bandwidth is not shown.", ""]
     return lines + _table(["ceiling", "size", "measured"], rows) + [""]
@@ -366,18 +378,20 @@ def section_models(res: Results) -> list[str]:
 def _generic_rows(
     res: Results, rows: Sequence[Row], with_bw: bool, with_tf: bool, baselines: Sequence[str]
 ) -> list[list[str]]:
-    copy, peak = res.copy_gbps, res.matmul_tflops
+    copy = res.copy_gbps
     body = []
     for r in sorted(rows, key=lambda r: (r.case, r.shape, r.dtype, r.backend)):
         gbps, tflops = r.extra.get("gbps"), r.extra.get("tflops")
+        peak = res.peak_tflops(r.dtype)
         cells = [r.case, r.shape, dtype_label(r), r.backend, ("~" if r.noisy else "") + fmt_ms(r.ms)]
         if r.items > 1:
             cells[-1] += f" ({fmt_ms(r.ms_per_item)} / item, {1e3 / r.ms_per_item:.4g} items/s)"
         if with_bw:
             cells += [fmt_num(gbps) if gbps else "-", f"{fmt_num(100 * gbps / copy)} %" if gbps and copy else "-"]
         if with_tf:
+            rate = fmt_num(tflops if res.on_gpu else tflops * 1e3) if tflops else "-"
             cells += [
-                fmt_num(tflops) if tflops else "-",
+                rate,
                 f"{fmt_num(100 * tflops / peak)} %" if tflops and peak else "-",
             ]
         cells += [fmt_x(_speedup(r, rows, b)) if r.backend != b else "1.00×" for b in baselines]
@@ -397,11 +411,12 @@ def section_group(res: Results, group: str) -> list[str]:
     if with_bw:
         header += ["GB/s", "% of copy BW"]
     if with_tf:
-        header += ["TFLOP/s", "% of matmul peak"]
+        header += ["TFLOP/s" if res.on_gpu else "GFLOP/s", "% of matmul peak (same dtype)"]
     baselines = BASELINES.get(group, DEFAULT_BASELINES)
     header += [f"vs {b}" for b in baselines]
     lines += _table(header, _generic_rows(res, rows, with_bw, with_tf, baselines))
-    missing = [b for b in EXPECTED.get(group, []) if not any(b in (r.backend, *_variants(r.backend)) for r in rows)]
+    expected = EXPECTED.get(f"{group}-cpu" if not res.on_gpu and f"{group}-cpu" in EXPECTED else group, [])
+    missing = [b for b in expected if not any(b in (r.backend, *_variants(r.backend)) for r in rows)]
     lines += [
         "",
         "ms = median per call (CUDA events on GPU); ~ = unstable (interquartile range > 25 % of the median).",
@@ -422,12 +437,48 @@ def section_group(res: Results, group: str) -> list[str]:
     return lines + [""]
 
 
+def section_large_photo(res: Results) -> list[str]:
+    """A large photo through `python -m engine.deblur`: peak resident memory and wall time vs one untiled pass."""
+    rows = res.group("large-photo")
+    lines = ["## Large photo (CPU, default path)", ""]
+    if not rows:
+        return lines + ["Not measured in this run (no `large-photo` benchmark).", ""]
+    body = []
+    for r in rows:
+        e = r.extra
+        hw = e.get("shape") or [0, 0]
+        ratio = e.get("ratio_to_untiled")
+        body.append(
+            [
+                f"{hw[1]}×{hw[0]} ({hw[0] * hw[1] / 1e6:.1f} MP)",
+                r.dtype,
+                f"{e.get('tiles', '?')} of {e.get('tile_px')} px" if e.get("tile_px") else "untiled",
+                str(e.get("max_memory", "default")),
+                f"{e['peak_rss_bytes'] / 1e9:.2f} GB" if e.get("peak_rss_bytes") else "-",
+                f"{e['wall_s']:.1f} s" if e.get("wall_s") else "-",
+                f"{e['untiled_fp32_estimate_s']:.1f} s" if e.get("untiled_fp32_estimate_s") else "-",
+                f"{ratio:.2f}×" if ratio else "-",
+            ]
+        )
+    header = ["photo", "precision", "tiles", "--max-memory", "peak RSS", "wall", "untiled fp32 pass (est.)", "ratio"]
+    lines += _table(header, body)
+    lines += [
+        "",
+        "One run of `python -m engine.deblur PHOTO.jpg` in a child process (JPEG decode, model, encode): peak",
+        "resident memory from os.wait4, wall time from the host clock. The untiled fp32 pass is estimated from one",
+        "fp32 forward at the reference size in the benchmark process, scaled by pixel count.",
+    ]
+    if not all(r.extra.get("full_size") for r in rows):
+        lines += ["", "**A small stand-in photo and model: shows that the harness runs, not a 12 MP result.**"]
+    return lines + [""]
+
+
 def render(res: Results) -> str:
     """The whole report as markdown."""
     lines = section_env(res) + section_ceilings(res) + section_models(res)
     others = sorted({r.group for r in res.rows} - set(GROUP_ORDER) - {"calibration", "models"})
     for g in GROUP_ORDER[1:] + others:
-        lines += section_group(res, g)
+        lines += section_large_photo(res) if g == "large-photo" else section_group(res, g)
     if not res.rows:
         lines += ["No benchmark results in this file.", ""]
     return "\n".join(lines)

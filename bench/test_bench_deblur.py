@@ -8,17 +8,32 @@ expected to move outputs past the 1e-3 bound; not measured on a GPU yet), the pe
 1.0) on the timed output. Timing uses the defaults (TF32 allowed). Tiled calls are expected to take seconds on
 CUDA (not measured): those modes get 1 warm-up call and 3 timed ones.
 Also the 16-bit PNG codec (numpy + zlib) on one 512x512 RGB image.
+
+Large photo (`test_bench_large_photo`): a 4000x3000 JPEG (scikit-image's astronaut, resized) through
+`python -m engine.deblur` with default settings (exact tiling within the default memory bound, precision auto),
+in a child process: its peak resident memory (`os.wait4`) and wall time, beside an estimate of one untiled
+fp32 pass at that size (one 1280x720 fp32 forward in this process, scaled by pixel count: the generator's work
+is proportional to it). Runs at full size with DEBLURGAN_BENCH_FULL=1 only (random full-size weights until a
+trained model ships; tens of minutes on a 2-core CPU); otherwise a 300x400 photo through a small generator with
+`--tile 160`, which only shows that the harness works. DEBLURGAN_BENCH_MAX_MEMORY (e.g. 2G) adds --max-memory.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bench.timing import device, measure, on_gpu, pick, tf32_convs
+from bench.timing import device, full_size, measure, on_gpu, pick, tf32_convs
+from deblurgan.checkpoint import save_generator
 from deblurgan.config import GeneratorConfig
 from deblurgan.inference import Deblurrer, TorchRunner, pad_to_multiple
 from deblurgan.io import _decode_png16, encode_png16
@@ -95,3 +110,84 @@ def test_bench_png16_codec(benchmark) -> None:
         bytes=2 * img.nbytes,
     )
     np.testing.assert_array_equal(out, img)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a command; its wall time, exit code, stderr and peak resident memory (os.wait4's ru_maxrss)."""
+    t0 = time.perf_counter()
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as p:
+        err = p.stderr.read() if p.stderr else ""
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "returncode": p.returncode, "stderr": err, "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def _photo(path: Path, height: int, width: int) -> Path:
+    """A natural photograph at the given size (astronaut, bicubic resize), saved as JPEG quality 92."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).resize((width, height), Image.BICUBIC).save(path, quality=92)
+    return path
+
+
+def _untiled_estimate_s(gen: Generator, height: int, width: int) -> tuple[float, int, int]:
+    """Seconds of one untiled fp32 pass at HxW, from one 1280x720 pass (a smaller one when not full size)."""
+    ref_h, ref_w = (720, 1280) if full_size() else (96, 128)
+    runner = TorchRunner(gen, precision="fp32")
+    with torch.inference_mode():
+        runner(torch.zeros(1, 3, 64, 64))  # warm-up
+        x = torch.rand(1, 3, ref_h, ref_w) * 2 - 1
+        t0 = time.perf_counter()
+        runner(x)
+        seconds = time.perf_counter() - t0
+    return seconds * (height * width) / (ref_h * ref_w), ref_h, ref_w
+
+
+@pytest.mark.skipif(on_gpu(), reason="a CPU measurement (host memory of the default CPU path)")
+def test_bench_large_photo(benchmark, tmp_path) -> None:
+    height, width = (3000, 4000) if full_size() else (300, 400)
+    torch.manual_seed(0)
+    gen = Generator(GeneratorConfig() if full_size() else GeneratorConfig(ngf=8, n_blocks=1)).eval()
+    with torch.no_grad():  # random biases as well: outputs must not be near-trivial
+        for p in gen.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    ckpt = save_generator(gen, tmp_path / "g.pt")
+    photo = _photo(tmp_path / "photo.jpg", height, width)
+    argv = [sys.executable, "-m", "engine.deblur", str(photo), "--checkpoint", str(ckpt), "--no-progress"]
+    argv += [] if full_size() else ["--tile", "160"]
+    if os.environ.get("DEBLURGAN_BENCH_MAX_MEMORY"):
+        argv += ["--max-memory", os.environ["DEBLURGAN_BENCH_MAX_MEMORY"]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    runs: list[dict] = []
+
+    def deblur_photo() -> None:
+        out = tmp_path / f"out{len(runs)}"
+        runs.append(run_measured([*argv, "--out", str(out)], env))
+        assert runs[-1]["returncode"] == 0, runs[-1]["stderr"][-2000:]
+        assert (out / "photo.jpg").is_file()
+
+    benchmark.group = "large-photo"
+    measure(benchmark, deblur_photo, rounds=1, warmup=0, case=f"deblur {width}x{height} JPEG", backend="engine.deblur")
+    run = runs[-1]
+    estimate, ref_h, ref_w = _untiled_estimate_s(gen, height, width)
+    note = re.search(r"runs in (\d+) tiles of (\d+) px", run["stderr"])
+    from deblurgan.precision import resolve_precision
+
+    benchmark.extra_info.update(
+        shape=[height, width],
+        dtype={"bf16": "bfloat16"}.get(resolve_precision("auto", "cpu"), "float32"),
+        peak_rss_bytes=run["peak_rss_bytes"],
+        wall_s=run["wall_s"],
+        untiled_fp32_estimate_s=estimate,
+        untiled_reference=f"{ref_w}x{ref_h}",
+        ratio_to_untiled=run["wall_s"] / estimate,
+        tiles=int(note.group(1)) if note else 1,
+        tile_px=int(note.group(2)) if note else None,
+        max_memory=os.environ.get("DEBLURGAN_BENCH_MAX_MEMORY", "default"),
+        full_size=full_size(),
+    )

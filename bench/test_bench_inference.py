@@ -1,12 +1,15 @@
-"""Generator inference per deploy backend: eager fp32/fp16, torch.compile, AOTInductor, onnxruntime, TensorRT.
+"""Generator inference per deploy backend: eager fp32/bf16/fp16, torch.compile, AOTInductor, onnxruntime, TensorRT.
 
 Run: `pytest bench/test_bench_inference.py --benchmark`. On CUDA: the full generator (11.4 M params) at
-256x256 and 1280x720, batch 1 and 8, except torch.compile: 1280x720 batch 1 only (see below). On CPU: a small
-generator (ngf=8, 1 block) at tiny stand-in sizes, batch 1, about a minute (AOTInductor's CPU compile is ~30 s
-of it); `DEBLURGAN_BENCH_FULL=1` runs the full generator at real sizes on CPU too (minutes). Each row records
-`ms_per_frame` and `fps` in extra_info. Every case runs once before timing (compiles, loads, autotunes) and that
-output is checked against eager fp32 first (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA where
-convolutions may use TF32; fp16 backends: >= 40 dB PSNR on random inputs): a wrong backend is never timed.
+256x256 and 1280x720, batch 1 and 8, except torch.compile: 1280x720 batch 1 only (see below). On CPU: eager
+fp32 and bf16 (`TorchRunner(precision="bf16")`: autocast, instance norm in fp32), onnxruntime, AOTInductor fp32
+and bf16 (the same autocast inside the compiled graph; skipped where it does not compile); a small generator
+(ngf=8, 1 block) at tiny stand-in sizes, batch 1, about a minute; `DEBLURGAN_BENCH_FULL=1` runs the full
+generator at 1280x720, batch 1, on CPU too (minutes; more where bf16 is not native: emulated bf16 is slower
+than fp32). Each row records `ms_per_frame`, `fps` and `flop` (the report derives GFLOP/s and the share of the
+matmul ceiling of its dtype). Every case runs once before timing (compiles, loads, autotunes) and that output
+is checked against eager fp32 first (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA where convolutions
+may use TF32; fp16/bf16 backends: >= 40 dB PSNR on random inputs): a wrong backend is never timed.
 
 Compile / export / engine builds happen once per backend, untimed, and are expected to be slow on CUDA (not
 measured yet; on the 2-core CPU an AOTInductor build of the full model takes about 2 minutes): the cheap backends
@@ -34,14 +37,22 @@ import torch
 from bench.deepdeblur import count_flops
 from bench.timing import device, measure, on_gpu, pick, sizes, tf32_convs
 from deblurgan.config import GeneratorConfig
+from deblurgan.inference import TorchRunner, keep_norms_fp32
 from deblurgan.networks import Generator
 
 FULL = on_gpu() or os.environ.get("DEBLURGAN_BENCH_FULL") == "1"
 BATCHES = pick(cpu=[1], cuda=[1, 8])
-SIZES = {"256": (256, 256), "720p": (720, 1280)} if FULL else sizes()
-FP16 = ("eager-fp16", "compile-fp16", "aoti-fp16", "tensorrt-fp16")
+SIZES = pick(cpu={"720p": (720, 1280)}, cuda={"256": (256, 256), "720p": (720, 1280)}) if FULL else sizes()
+LOW_PRECISION = {  # backend -> dtype of its convolutions
+    "eager-fp16": "float16",
+    "compile-fp16": "float16",
+    "aoti-fp16": "float16",
+    "tensorrt-fp16": "float16",
+    "eager-bf16": "bfloat16",
+    "aoti-bf16": "bfloat16",
+}
 BACKENDS = pick(
-    cpu=["eager", "onnxruntime", "aoti"],
+    cpu=["eager", "eager-bf16", "onnxruntime", "aoti", "aoti-bf16"],
     cuda=["eager", "eager-fp16", "onnxruntime", "compile-fp16", "aoti-fp16", "tensorrt-fp16"],
 )
 _TMP = Path(tempfile.mkdtemp(prefix="bench_inference_"))
@@ -66,6 +77,10 @@ def runner(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: g(x)
     if backend == "eager-fp16":
         return lambda x: _autocast(g, x)
+    if backend == "eager-bf16":
+        return TorchRunner(_copy(g), device=device(), precision="bf16")
+    if backend == "aoti-bf16":
+        return _aoti_bf16(g)
     if backend == "compile-fp16":
         compiled = torch.compile(g, dynamic=False)  # compiles at the first call of each shape (untimed, see below)
         return lambda x: _autocast(compiled, x)
@@ -100,6 +115,37 @@ def runner(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
         engine = TrtEngineBuilder(onnx_path, profile, BuildOptions("fp16", workspace_gib=8)).build(_TMP / "g.engine")
         return TensorRTRunner(engine)
     raise ValueError(backend)
+
+
+class _Bf16Autocast(torch.nn.Module):
+    """float32 in and out, bf16 autocast inside (instance norm in fp32), as TorchRunner(precision="bf16")."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+        self.config = generator.config
+        keep_norms_fp32(generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device().type, dtype=torch.bfloat16):
+            return self.generator(x).float()
+
+
+def _aoti_bf16(g: Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """AOTInductor with bf16 autocast inside the exported graph; skipped where it does not export or compile."""
+    from deblurgan.errors import DeblurGANError
+    from export.aoti import AotiExporter
+    from export.runtime import AOTIRunner
+
+    exporter = AotiExporter(_copy(g), device=device().type, max_batch=8)
+    exporter.generator = _Bf16Autocast(exporter.generator)  # type: ignore[assignment]
+    fp32_metadata = exporter.metadata
+    exporter.metadata = lambda: {**fp32_metadata(), "deblurgan.precision": "bf16"}  # type: ignore[method-assign]
+    try:
+        path = exporter.export(_TMP / "aoti-bf16.pt2")
+    except (DeblurGANError, RuntimeError) as e:
+        pytest.skip(f"AOTInductor bf16 did not compile here: {str(e).splitlines()[0][:200]}")
+    return AOTIRunner(path)
 
 
 def _copy(g: Generator) -> Generator:
@@ -141,7 +187,7 @@ def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None
     y = forward()  # the first call compiles / loads / autotunes: before timing, and checked before timing
     assert y.shape == ref.shape
     info = benchmark.extra_info
-    if backend in FP16:
+    if backend in LOW_PRECISION:
         mse = (y.float() - ref).pow(2).mean().item()
         psnr = math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
         info["psnr_vs_fp32"] = psnr
@@ -159,7 +205,7 @@ def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None
         case=f"generator {size} b{batch}",
         backend=backend,
         shape=[batch, 3, h, w],
-        dtype="float16" if backend in FP16 else "float32",
+        dtype=LOW_PRECISION.get(backend, "float32"),
         flop=_flop(h, w) * batch,
         items=batch,
         params=sum(p.numel() for p in generator().parameters()),

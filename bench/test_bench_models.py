@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.deepdeblur import DeepDeblur, count_flops
-from bench.timing import device, measure, on_gpu, pick, sizes, tensor_bytes, tf32_convs
+from bench.timing import device, full_size, measure, on_gpu, pick, sizes, tensor_bytes, tf32_convs
 from deblurgan.networks import Generator, count_parameters
 
 MODELS = {"DeblurGAN": Generator, "DeepDeblur": DeepDeblur}
@@ -38,15 +38,22 @@ def test_bench_calibration_copy(benchmark) -> None:
     assert torch.equal(dst, src)
 
 
-def test_bench_calibration_matmul(benchmark) -> None:
-    """Dense matmul throughput (bf16 on CUDA, fp32 on CPU): the compute ceiling of this run."""
-    n, dtype = pick(cpu=(512, torch.float32), cuda=(8192, torch.bfloat16))
+MATMUL_DTYPES = pick(cpu=[torch.float32, torch.bfloat16], cuda=[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", MATMUL_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_bench_calibration_matmul(benchmark, dtype: torch.dtype) -> None:
+    """Dense matmul throughput: the compute ceiling of this run (bf16 on CUDA; fp32 and bf16 on CPU).
+
+    On CPU at full size (DEBLURGAN_BENCH_FULL=1) the matrices are 2048 x 2048, large enough for the fp32 rate
+    to approach the cores' peak (512 x 512 otherwise, which only shows that the row runs).
+    """
+    n = pick(cpu=2048 if full_size() else 512, cuda=8192)
     a = torch.randn(n, n, device=device(), dtype=dtype)
     b = torch.randn(n, n, device=device(), dtype=dtype)
     benchmark.group = "calibration"
-    out = measure(
-        benchmark, lambda: a @ b, case="matmul", backend="calibration", flop=2 * n**3, shape=[n, n], dtype=dtype
-    )
+    case = "matmul" if dtype == pick(cpu=torch.float32, cuda=torch.bfloat16) else f"matmul {str(dtype)[6:]}"
+    out = measure(benchmark, lambda: a @ b, case=case, backend="calibration", flop=2 * n**3, shape=[n, n], dtype=dtype)
     ref = a[:4].float() @ b.float()
     torch.testing.assert_close(out[:4].float(), ref, rtol=2e-2, atol=2e-2 * n**0.5)
 

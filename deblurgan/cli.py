@@ -4,6 +4,7 @@ Lives in `deblurgan` so that both `engine` and `export` CLIs use the same contra
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 
@@ -26,3 +27,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except MemoryError:
         print("error: out of memory (try --tile or a smaller batch)", file=sys.stderr)
         return 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose bad options raise DeblurGANError: under run_cli, one line `error: ...` and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DeblurGANError(f"{message} (see {self.prog} --help)")

@@ -7,3 +7,9 @@ class DeblurGANError(Exception):
 
 class CheckpointError(DeblurGANError):
     """A checkpoint that is missing, corrupt, or not a DeblurGAN model."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), at most `limit` characters."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

@@ -1,13 +1,17 @@
 """Deblurring images of any size and mode with any runner: padding, tiling with blended seams, modes.
 
     from deblurgan.inference import Deblurrer
-    d = Deblurrer("model.pt", device="cuda", fp16=True)
+    d = Deblurrer("model.pt")                       # Deblurrer() alone: the shipped model
     sharp = d.deblur(read_image("blurry.png"))      # uint8/uint16, gray/RGB/RGBA in -> same out
 
-A *runner* is a callable `runner(x) -> y` on N x 3 x H x W float tensors in [-1, 1] (H, W multiples of 4)
-on `runner.device`, with attributes `device`, `dtype`, `max_batch` (None = any) and `name`. `TorchRunner`
-wraps a `Generator`; ONNX/AOTInductor/TensorRT runners live in `export.runtime` and go through the same
-pre/post-processing here.
+A *runner* (the `Runner` protocol) is a callable `runner(x) -> y` on N x 3 x H x W float tensors in [-1, 1]
+(H, W: `SIZE_MULTIPLE` multiples, at least `MIN_SIZE`) on `runner.device`, with attributes `device`, `dtype`,
+`max_batch` (None = any) and `name`. `TorchRunner` wraps a `Generator`; ONNX/AOTInductor/TensorRT runners live
+in `export.runtime` and go through the same pre/post-processing here.
+
+Precision (torch runner): "fp32", "bf16" (CPU or CUDA autocast) or "fp16" (CUDA autocast); "auto" is bf16 on
+CPUs with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere. Instance norm always computes its statistics
+and normalisation in fp32.
 
 Tiling. Instance norm normalises by per-image statistics, so cutting an image into tiles and normalising
 each tile by itself changes the result (mildly, but visibly at seams on non-uniform images). With a torch
@@ -16,21 +20,23 @@ over the whole image, layer after layer, from tiles (pass k runs each tile up to
 statistics of layers < k already frozen, and accumulates sums over the part of the tile it owns), and then
 a final pass runs every tile with all statistics frozen. With frozen statistics the generator is a local
 operator whose reach is its receptive field, so a tile whose context margin covers the receptive field
-gives exactly the untiled values there (up to float rounding). Tile states are kept in host memory between
-passes when they fit (`cache_budget`), so each pass starts at the module holding its IN layer rather than
-at the input: about 2x the work of one pass over the tiles (12x without the cache). `tile_stats="tile"`
-(the only choice for non-torch runners) normalises each tile by itself: one pass, feathered seams,
-approximate.
+gives exactly the untiled values there (up to float rounding). Each window's state is kept in host memory
+between passes as far forward as the memory bound allows (ideally the input of the IN layer the next pass
+needs: every layer then runs once per window), else recomputed from an earlier state. `tile_stats="tile"`
+normalises each tile by itself: one pass, feathered seams, approximate.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,17 +45,58 @@ from torch import nn
 
 from .errors import DeblurGANError
 from .networks import Generator, ResnetBlock
+from .precision import autocast, resolve_precision
 
-CPU_MEMORY_BUDGET = 4 * 2**30  # bytes of activations allowed on CPU before tiling kicks in
+CPU_MEMORY_BUDGET = 4 * 2**30  # default bound (4 GiB) of a job's host memory on CPU: activations, states, buffers
 DEFAULT_TILE_OVERLAP = 32  # per-tile statistics: overlap of neighbouring tiles, blended linearly
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
+SIZE_MULTIPLE, MIN_SIZE = 4, 8  # what the generator takes: H, W multiples of 4 (two stride-2 levels), >= 8
+RUNTIMES = ("torch", "onnx", "aoti", "tensorrt")  # inference runtimes (`export.runtime.load_runner`)
+IMAGE_BYTES_PER_PIXEL = 41  # host buffers per image pixel besides the model (input, output, blending; measured)
+ACTIVATION_BYTES_PER_CHANNEL = 18  # peak activation bytes per pixel per generator ngf channel, fp32 (measured)
+STATE_BYTES_PER_CHANNEL = 2  # exact tiling: kept quarter-resolution states (activation + ResBlock input), fp32
+
+
+def size_ok(height: int, width: int) -> bool:
+    """Whether the generator takes an H x W input as is (no padding needed)."""
+    return height % SIZE_MULTIPLE == 0 and width % SIZE_MULTIPLE == 0 and min(height, width) >= MIN_SIZE
+
+
+def size_rule() -> str:
+    return f"H and W must be multiples of {SIZE_MULTIPLE} and >= {MIN_SIZE}"
 
 
 # --- runners -----------------------------------------------------------------------------------------
 
 
+@runtime_checkable
+class Runner(Protocol):
+    """What the Deblurrer runs: N x 3 x H x W float in [-1, 1] -> the same, on `device`."""
+
+    device: torch.device
+    dtype: torch.dtype
+    max_batch: int | None
+    name: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_input(x: torch.Tensor, runner: Runner) -> None:
+    """Raise DeblurGANError for an input a runner cannot take (shape, size rule, batch)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise DeblurGANError(f"{runner.name}: expected N x 3 x H x W, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if not size_ok(h, w):
+        raise DeblurGANError(f"{runner.name}: {size_rule()}, got {h}x{w} (pad first)")
+    if runner.max_batch is not None and x.shape[0] > runner.max_batch:
+        raise DeblurGANError(f"{runner.name}: batch {x.shape[0]} > max_batch {runner.max_batch}")
+
+
 class TorchRunner:
-    """Run a `Generator` in PyTorch: eval mode, optional fp16 (CUDA autocast) and test-time dropout."""
+    """Run a `Generator` in PyTorch: eval mode, a precision (fp32, bf16, fp16; IN in fp32), test-time dropout.
+
+    `fp16=True` is the older spelling of `precision="fp16"`.
+    """
 
     def __init__(
         self,
@@ -58,42 +105,73 @@ class TorchRunner:
         fp16: bool = False,
         max_batch: int | None = None,
         test_time_dropout: bool = False,
+        precision: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
-        if fp16 and self.device.type != "cuda":
-            raise DeblurGANError("--fp16 needs a CUDA device (use fp32 on CPU)")
-        self.fp16 = fp16
-        self.dtype = torch.float32  # input dtype; fp16 runs under autocast (instance norm stays fp32)
+        if fp16:
+            if precision not in ("auto", "fp16"):
+                raise DeblurGANError(f"fp16=True contradicts precision {precision!r}")
+            if self.device.type != "cuda":
+                raise DeblurGANError("--fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
+            precision = "fp16"
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = torch.float32  # input dtype; bf16/fp16 run under autocast (instance norm stays fp32)
         self.max_batch = max_batch
-        self.name = "torch-fp16" if fp16 else "torch"
+        self.name = "torch" if self.precision == "fp32" else f"torch-{self.precision}"
         self.generator = generator.to(self.device).eval()
         set_test_time_dropout(self.generator, test_time_dropout)
+        if self.precision != "fp32":
+            keep_norms_fp32(self.generator)
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None,
         device: str | torch.device = "cpu",
         fp16: bool = False,
         kernels: str | None = None,
         use_ema: bool = True,
         test_time_dropout: bool = False,
         max_batch: int | None = None,
+        precision: str = "auto",
     ) -> TorchRunner:
+        """The one way to open a checkpoint for inference (None: the shipped model)."""
         from .checkpoint import load_generator
+        from .pretrained import resolve_checkpoint
 
+        path = resolve_checkpoint(path)
         gen = load_generator(path, map_location="cpu", kernels=kernels, use_ema=use_ema)
-        return cls(gen, device, fp16, max_batch=max_batch, test_time_dropout=test_time_dropout)
+        return cls(gen, device, fp16, max_batch=max_batch, test_time_dropout=test_time_dropout, precision=precision)
+
+    def autocast(self):  # -> a context manager
+        return autocast(self.device, self.precision)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with _autocast(self):
+        with self.autocast():
             return self.generator(x.to(self.device, self.dtype)).float()
 
 
-def _autocast(runner: object) -> torch.autocast:
-    dev = torch.device(getattr(runner, "device", "cpu"))
-    return torch.autocast(dev.type, dtype=torch.float16, enabled=bool(getattr(runner, "fp16", False)))
+def _to_fp32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) else a for a in args)
+
+
+def keep_norms_fp32(module: nn.Module) -> None:
+    """Make every torch InstanceNorm2d take fp32 input, so its statistics are fp32 under bf16/fp16 autocast."""
+    for m in module.modules():
+        if isinstance(m, nn.InstanceNorm2d) and not getattr(m, "_deblurgan_fp32", False):
+            m.register_forward_pre_hook(_to_fp32)
+            m._deblurgan_fp32 = True
+
+
+def _autocast(runner: object):  # -> a context manager
+    """The runner's own autocast (torch runners), else none."""
+    fn = getattr(runner, "autocast", None)
+    return fn() if callable(fn) else autocast(getattr(runner, "device", "cpu"), "fp32")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -170,7 +248,7 @@ def tensor_to_image(y: torch.Tensor, mode: _Mode, squeeze: bool) -> np.ndarray:
     return out
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = 4, minimum: int = 8) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE, minimum: int = MIN_SIZE) -> torch.Tensor:
     """Reflect-pad bottom/right so H and W are multiples of `multiple` (and >= `minimum`).
 
     Falls back to edge replication for images too small to reflect. Crop back with `[..., :H, :W]`.
@@ -184,7 +262,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 4, minimum: int = 8) -> tor
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def padded_size(height: int, width: int, multiple: int = 4, minimum: int = 8) -> tuple[int, int]:
+def padded_size(
+    height: int, width: int, multiple: int = SIZE_MULTIPLE, minimum: int = MIN_SIZE
+) -> tuple[int, int]:
     """The size `pad_to_multiple` pads an HxW image to."""
     return max(_round_up(height, multiple), minimum), max(_round_up(width, multiple), minimum)
 
@@ -300,7 +380,7 @@ def run_modules(
                     raise _Stop(h)
                 mean, var = stats[count]
                 count += 1
-                h = (h - mean.to(h)[None, :, None, None]) * torch.rsqrt(var.to(h) + m.eps)[None, :, None, None]
+                h = frozen_norm(h, mean, var, m.eps)
             elif "InstanceNorm" in type(m).__name__:  # a fused kernel: cannot take frozen statistics
                 raise DeblurGANError("global-statistics tiling needs torch IN layers (kernels='torch')")
             else:
@@ -308,6 +388,13 @@ def run_modules(
         return h
 
     return run(modules, h)
+
+
+def frozen_norm(h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
+    """Instance norm with given per-channel statistics, in fp32 whatever the input's dtype."""
+    h = h.float()
+    out = h - mean.to(h)[None, :, None, None]  # one new tensor: the input and the output, as nn.InstanceNorm2d
+    return out.mul_(torch.rsqrt(var.to(h) + eps)[None, :, None, None])
 
 
 def count_instance_norms(generator: nn.Module) -> int:
@@ -331,12 +418,14 @@ def torch_generator(generator: Generator) -> Generator:
 
 
 class Deblurrer:
-    """Deblur numpy images of any size and mode with a checkpoint (torch) or any runner.
+    """Deblur numpy images of any size and mode with a checkpoint (torch), any runner, or the shipped model.
 
-    tile: window size in px (multiple of 4); None = automatic (tiles only when the estimated activation
-    memory exceeds `memory_budget` bytes: free CUDA memory x 0.6, or 4 GiB on CPU).
+    precision: "auto" (bf16 on CPUs with native bf16, else fp32), "fp32", "bf16", "fp16" (CUDA); torch only.
+    tile: window size in px (multiple of 4); None = automatic (tiles only when the image does not fit the
+    memory bound: `max_memory` bytes of host memory on CPU, 4 GiB by default; 60% of free CUDA memory on GPU).
     overlap: px shared by neighbouring windows (multiple of 4); None = automatic (exact for global stats).
     tile_stats: "global" (exact, torch only) or "tile" (per-window IN, one pass).
+    memory_budget / cache_budget: explicit bytes for activations / kept window states (override max_memory).
     """
 
     def __init__(
@@ -346,10 +435,12 @@ class Deblurrer:
         runner: object | None = None,
         device: str | torch.device = "cpu",
         fp16: bool = False,
+        precision: str = "auto",
         batch_size: int = 4,
         tile: int | None = None,
         overlap: int | None = None,
         tile_stats: str = "global",
+        max_memory: int | None = None,
         memory_budget: int | None = None,
         cache_budget: int | None = None,
         test_time_dropout: bool = False,
@@ -357,33 +448,56 @@ class Deblurrer:
         kernels: str | None = None,
         use_ema: bool = True,
     ) -> None:
-        if (checkpoint is None) == (runner is None):
-            raise DeblurGANError("give either a checkpoint or a runner")
+        if checkpoint is not None and runner is not None:
+            raise DeblurGANError("give either a checkpoint or a runner, not both")
+        if max_memory is not None and max_memory <= 0:
+            raise DeblurGANError(f"max_memory must be a positive number of bytes (got {max_memory})")
         if runner is None:
             runner = TorchRunner.from_checkpoint(
-                Path(checkpoint), device, fp16, kernels=kernels, use_ema=use_ema, test_time_dropout=test_time_dropout
+                None if checkpoint is None else Path(checkpoint),
+                device,
+                fp16,
+                kernels=kernels,
+                use_ema=use_ema,
+                test_time_dropout=test_time_dropout,
+                precision=precision,
             )
-        elif test_time_dropout:
-            if not isinstance(getattr(runner, "generator", None), nn.Module):
-                raise DeblurGANError("--test-time-dropout needs the torch backend (exported models have no dropout)")
-            set_test_time_dropout(runner.generator, True)
+        else:
+            if fp16 or precision not in ("auto", "fp32"):
+                if precision not in ("auto", "fp32", "bf16", "fp16"):
+                    resolve_precision(precision, "cpu")  # the one-line error for an unknown name
+                if getattr(runner, "precision", None) != ("fp16" if fp16 else precision):
+                    raise DeblurGANError(
+                        f"precision {'fp16' if fp16 else precision} applies to the torch runtime; "
+                        "an exported model's precision is set when it is exported"
+                    )
+            if test_time_dropout:
+                if not isinstance(getattr(runner, "generator", None), nn.Module):
+                    raise DeblurGANError("--test-time-dropout needs the torch runtime (exported models: no dropout)")
+                set_test_time_dropout(runner.generator, True)
         self.runner = runner
-        if tile is not None and (tile < 8 or tile % 4):
-            raise DeblurGANError(f"tile must be a multiple of 4 and >= 8 (got {tile})")
-        if overlap is not None and (overlap < 0 or overlap % 4):
-            raise DeblurGANError(f"overlap must be a non-negative multiple of 4 (got {overlap})")
+        if tile is not None and (tile < MIN_SIZE or tile % SIZE_MULTIPLE):
+            raise DeblurGANError(f"tile must be a multiple of {SIZE_MULTIPLE} and >= {MIN_SIZE} (got {tile})")
+        if overlap is not None and (overlap < 0 or overlap % SIZE_MULTIPLE):
+            raise DeblurGANError(f"overlap must be a non-negative multiple of {SIZE_MULTIPLE} (got {overlap})")
         if tile_stats not in ("global", "tile"):
             raise DeblurGANError(f"tile_stats must be 'global' or 'tile' (got {tile_stats!r})")
         if batch_size < 1:
             raise DeblurGANError(f"batch size must be >= 1 (got {batch_size})")
         self.generator = getattr(runner, "generator", None)
-        if tile_stats == "global" and not isinstance(self.generator, Generator):
-            tile_stats = "tile"  # exported graphs cannot take frozen statistics
+        if tile_stats == "global" and not self._exact_capable():
+            tile_stats = "tile"  # plain exported graphs cannot take frozen statistics
         self.tile, self.overlap, self.tile_stats = tile, overlap, tile_stats
         self.batch_size = min(batch_size, getattr(runner, "max_batch", None) or batch_size)
+        self.max_memory = max_memory
         self.memory_budget = memory_budget
-        self.cache_budget = cache_budget  # None: half of the host memory available when a job runs
+        self.cache_budget = cache_budget
         self.test_time_dropout, self.seed = test_time_dropout, seed
+
+    @property
+    def precision(self) -> str:
+        """The precision the runner computes in (exported runners: what their name says, fp32 when unsaid)."""
+        return getattr(self.runner, "precision", "fp32")
 
     # -- public API
 
@@ -428,16 +542,16 @@ class Deblurrer:
     def plan(self, height: int, width: int, batch: int = 1) -> TilePlan | None:
         """The tiling used for a padded HxW image, or None when it runs whole."""
         tile = self.tile
-        if tile is None:
-            if self._fits(height, width, batch):
-                return None
-            tile = max(8, int(math.sqrt(self._budget() / self._bytes_per_pixel())) // 4 * 4)
-        if height <= tile and width <= tile:
-            return None
         margin_needed = self._margin() if self.tile_stats == "global" else 0
         overlap = self.overlap
         if overlap is None:
             overlap = _round_up(2 * margin_needed + 8, 4) if self.tile_stats == "global" else DEFAULT_TILE_OVERLAP
+        if tile is None:
+            if self._fits(height, width, batch):
+                return None
+            tile = self._auto_tile(height, width, overlap)
+        if height <= tile and width <= tile:
+            return None
         if self.tile_stats == "global":
             if overlap < 2 * margin_needed + 8:
                 warnings.warn(
@@ -456,32 +570,94 @@ class Deblurrer:
 
     # -- internals
 
+    def _auto_tile(self, height: int, width: int, overlap: int) -> int:
+        """The window size for an image that does not fit whole.
+
+        Exact tiling on CPU: the largest balanced window whose activations plus every window's quarter-resolution
+        states (STATE_BYTES_PER_CHANNEL x ngf per window pixel) fit the bound, so each layer runs once per window;
+        if none does, half the bound for activations. Otherwise: the whole activation budget.
+        """
+        budget, per_px = self._budget(height, width), self._bytes_per_pixel()
+        largest = max(8, int(math.sqrt(budget / per_px)))
+        if not self._shares_host_memory():
+            return _balanced_tile(height, width, largest, overlap)
+        ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
+        for candidate in range(largest // 4 * 4, overlap + 8, -32):
+            tile = _balanced_tile(height, width, candidate, overlap)
+            windows = TilePlan(height, width, tile, overlap, 0).windows()
+            covered = sum((b - a) * (d - c) for a, b, c, d in windows)
+            if min(tile, height) * min(tile, width) * per_px + covered * STATE_BYTES_PER_CHANNEL * ngf <= budget:
+                return tile
+            if tile <= 2 * overlap + 8:
+                break
+        return _balanced_tile(height, width, max(8, int(math.sqrt(budget / 2 / per_px))), overlap)
+
+    def _exact_capable(self) -> bool:
+        """A torch generator, or a runner made of segments that take IN statistics (export.onnx_stats)."""
+        return isinstance(self.generator, Generator) or callable(getattr(self.runner, "program", None))
+
+    def _program(self) -> tuple[object, bool]:
+        """The steps of exact tiling and whether the output adds the input (learn_residual)."""
+        if isinstance(self.generator, Generator):
+            gen = torch_generator(self.generator)
+            return TorchProgram(gen), gen.config.learn_residual
+        return self.runner.program(), bool(getattr(self.runner, "learn_residual", False))
+
     def _margin(self) -> int:
-        return receptive_radius(self.generator) if isinstance(self.generator, Generator) else 0
+        if isinstance(self.generator, Generator):
+            return receptive_radius(self.generator)
+        return int(getattr(self.runner, "receptive_radius", 0))
 
     def _bytes_per_pixel(self) -> int:
+        """Peak activation bytes per image pixel of one forward pass: the runner's own figure (exported runtimes),
+        else the torch estimate (fp32 measurement; halved for fp16)."""
+        own = getattr(self.runner, "bytes_per_pixel", None)
+        if own:
+            return int(own)
         ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
-        itemsize = 2 if getattr(self.runner, "fp16", False) else 4
-        return ngf * itemsize * 4  # ~3 live full-resolution activations of ngf channels, plus slack
+        per_channel = ACTIVATION_BYTES_PER_CHANNEL // 2 if self.precision == "fp16" else ACTIVATION_BYTES_PER_CHANNEL
+        return ngf * per_channel
 
     def _fits(self, height: int, width: int, batch: int) -> bool:
-        return height * width * self._bytes_per_pixel() * batch <= self._budget()
+        return height * width * self._bytes_per_pixel() * batch <= self._budget(height, width)
 
-    def _budget(self) -> int:
-        return self.memory_budget if self.memory_budget is not None else self._default_budget()
+    def _shares_host_memory(self) -> bool:
+        """Whether activations and kept window states share one host-memory bound (CPU, exact tiling)."""
+        return (
+            self.memory_budget is None
+            and self.tile_stats == "global"
+            and torch.device(getattr(self.runner, "device", "cpu")).type == "cpu"
+        )
 
-    def _default_budget(self) -> int:
+    def _budget(self, height: int = 0, width: int = 0) -> int:
+        """Bytes of activations allowed for one forward pass over an HxW image."""
+        if self.memory_budget is not None:
+            return self.memory_budget
         dev = torch.device(getattr(self.runner, "device", "cpu"))
         if dev.type == "cuda":
             free, _ = torch.cuda.mem_get_info(dev)
             return int(free * 0.6)
-        return CPU_MEMORY_BUDGET
+        return max(self._host_bound() - IMAGE_BYTES_PER_PIXEL * height * width, 0)
+
+    def _host_bound(self) -> int:
+        """Host bytes this job may add to the process's current resident memory."""
+        bound = self.max_memory if self.max_memory is not None else CPU_MEMORY_BUDGET
+        return max(bound - resident_memory(), bound // 8)
+
+    def _cache_budget(self, plan: TilePlan, batch: int) -> int:
+        if self.cache_budget is not None:
+            return self.cache_budget
+        if self.memory_budget is not None and self.max_memory is None:
+            return available_memory() // 2
+        px = min(plan.tile, plan.height) * min(plan.tile, plan.width)
+        dev = torch.device(getattr(self.runner, "device", "cpu"))
+        activations = px * self._bytes_per_pixel() * batch if dev.type == "cpu" else 0
+        return max(self._host_bound() - IMAGE_BYTES_PER_PIXEL * plan.height * plan.width - activations, 0)
 
     def _window_batch(self, plan: TilePlan) -> int:
         """Windows per forward pass: at most batch_size, and only as many as the memory budget holds."""
-        fits = self._budget() // max(
-            1, min(plan.tile, plan.height) * min(plan.tile, plan.width) * self._bytes_per_pixel()
-        )
+        share = self._budget(plan.height, plan.width) // (2 if self._shares_host_memory() else 1)
+        fits = share // max(1, min(plan.tile, plan.height) * min(plan.tile, plan.width) * self._bytes_per_pixel())
         return max(1, min(self.batch_size, int(fits)))
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -492,9 +668,13 @@ class Deblurrer:
     def _run_tiled(self, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
         windows = plan.windows()
         bs = self._window_batch(plan)
+        return_freed_memory()
         if self.tile_stats == "global":
-            budget = self.cache_budget if self.cache_budget is not None else available_memory() // 2
-            outs = _ExactTiles(torch_generator(self.generator), self.runner, x, plan, bs, budget).run()
+            budget = self._cache_budget(plan, bs)
+            program, residual = self._program()
+            ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
+            cap = STATE_BYTES_PER_CHANNEL * ngf  # the quarter-resolution states; full-resolution ones are cheap to redo
+            outs = _ExactTiles(program, self.runner, x, plan, bs, budget, residual, state_cap=cap).run()
         else:
             outs = (
                 self._run(torch.cat([x[..., a:b, c:d] for a, b, c, d in windows[i : i + bs]]))
@@ -511,6 +691,44 @@ class Deblurrer:
         return acc.div_(wsum.clamp_min_(1e-12))
 
 
+def _balanced_tile(height: int, width: int, largest: int, overlap: int) -> int:
+    """The smallest tile (multiple of 4, <= largest when possible) with as few windows as `largest` gives.
+
+    Windows of the largest size that fits can cover far more than the image (6 windows of 2048 px over
+    4000x3000 cover 25 MP); the same number of windows, each just large enough, covers the least.
+    """
+    largest = max(largest // 4 * 4, overlap + 8)
+    tile = 8
+    for size in (height, width):
+        if size <= largest:
+            tile = max(tile, _round_up(size, 4))
+            continue
+        n = math.ceil((size - overlap) / (largest - overlap))
+        tile = max(tile, _round_up(math.ceil((size + (n - 1) * overlap) / n), 4))
+    return min(tile, max(_round_up(height, 4), _round_up(width, 4)))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_mmap_threshold_set = False
+
+
+def return_freed_memory() -> None:
+    """glibc: serve allocations of 4 MiB and more with mmap, so freed window states leave the process at once.
+
+    With glibc's default (a threshold that grows up to 32 MiB as large blocks are freed) the per-window
+    tensors of exact tiling stayed in the heap: one run peaked at 2.10 GB resident where 1.35 GB were live
+    (measured, 1600x1200, 1.5 GiB bound). Process-wide and only on Linux with glibc; elsewhere nothing changes.
+    """
+    global _mmap_threshold_set
+    if _mmap_threshold_set or not sys.platform.startswith("linux"):
+        return
+    _mmap_threshold_set = True
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
+    except (OSError, AttributeError):
+        pass
+
+
 def available_memory() -> int:
     """Bytes of host memory currently available (Linux; 8 GiB assumed elsewhere)."""
     try:
@@ -519,107 +737,235 @@ def available_memory() -> int:
         return 8 * 2**30
 
 
+def resident_memory() -> int:
+    """Resident bytes of this process (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+# --- exact tiling ----------------------------------------------------------------------------------------
+
+_Op = tuple[str, object]  # ("mod", module) | ("norm", (k, eps)) | ("push", None) | ("add", None)
+_State = tuple[torch.Tensor, tuple[torch.Tensor, ...]]  # (activation, pending ResBlock inputs)
+
+
+def generator_program(gen: Generator) -> list[_Op]:
+    """The generator as a flat list of steps, so a window's state can be kept and resumed between any two."""
+    ops: list[_Op] = []
+    count = 0
+
+    def walk(seq: Sequence[nn.Module]) -> None:
+        nonlocal count
+        for m in seq:
+            if isinstance(m, ResnetBlock):
+                ops.append(("push", None))
+                walk(m.conv_block)
+                ops.append(("add", None))
+            elif isinstance(m, nn.InstanceNorm2d):
+                ops.append(("norm", (count, m.eps)))
+                count += 1
+            elif "InstanceNorm" in type(m).__name__:  # a fused kernel: cannot take frozen statistics
+                raise DeblurGANError("global-statistics tiling needs torch IN layers (kernels='torch')")
+            else:
+                ops.append(("mod", m))
+
+    walk(gen.model)
+    return ops
+
+
+def run_program(
+    ops: Sequence[_Op], state: _State, start: int, stop: int, stats: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> _State:
+    """Run steps [start, stop) of a generator program with frozen IN statistics."""
+    h, skips = state
+    for kind, arg in ops[start:stop]:
+        if kind == "mod":
+            h = arg(h)  # type: ignore[operator]
+        elif kind == "norm":
+            k, eps = arg  # type: ignore[misc]
+            h = frozen_norm(h, *stats[k], eps)
+        elif kind == "push":
+            skips = (*skips, h)
+        else:
+            h, skips = skips[-1] + h, skips[:-1]
+    return h, skips
+
+
+class TorchProgram:
+    """A generator program as steps for exact tiling: `run(state, start, stop, stats)`, `n_steps`, `norm_at`."""
+
+    def __init__(self, gen: Generator) -> None:
+        self.ops = generator_program(gen)
+        self.n_steps = len(self.ops)
+        self.norm_at = [i for i, (kind, _) in enumerate(self.ops) if kind == "norm"]  # state before: IN k's input
+
+    def run(self, state: _State, start: int, stop: int, stats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _State:
+        return run_program(self.ops, state, start, stop, stats)
+
+
+def _state_bytes(state: _State) -> int:
+    seen: dict[int, int] = {}
+    for t in (state[0], *state[1]):
+        seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
 class _ExactTiles:
     """Tiles with whole-image IN statistics, gathered layer by layer (see the module docstring).
 
-    Pass k runs every window up to IN layer k. To avoid re-running the whole prefix each time, the windows'
-    states at the start of the top-level module that holds IN layer k are kept in host memory when they fit
-    in `cache_budget` bytes (quarter-resolution ResBlock inputs are cheap: 1/16 of the pixels), so a pass
-    starts from there. Caching changes the cost, never the numbers.
+    Pass k runs every window up to the input of IN layer k. Each window keeps, in host memory, its state at
+    the furthest step of the generator program that fits in `cache_budget` bytes (all windows together),
+    ideally the input of the IN layer the next pass needs, so the next pass resumes there: with room for
+    the quarter-resolution states (about 128 bytes per window pixel in fp32: the activation and the
+    ResBlock's input) every layer runs once per window. Earlier states are recomputed when they do not fit.
+    Keeping states changes the cost, never the numbers.
     """
 
-    def __init__(self, gen: Generator, runner, x: torch.Tensor, plan: TilePlan, bs: int, cache_budget: int) -> None:
-        self.gen, self.runner, self.x, self.plan, self.bs = gen, runner, x, plan, bs
+    def __init__(
+        self,
+        program,
+        runner,
+        x: torch.Tensor,
+        plan: TilePlan,
+        bs: int,
+        cache_budget: int,
+        learn_residual=None,
+        state_cap: float | None = None,
+    ) -> None:
+        if isinstance(program, Generator):
+            learn_residual = program.config.learn_residual if learn_residual is None else learn_residual
+            program = TorchProgram(program)
+        self.program, self.learn_residual = program, bool(learn_residual)
+        self.runner, self.x, self.plan, self.bs = runner, x, plan, bs
         self.windows = plan.windows()
-        self.modules = list(gen.model)
-        self.first_in = []  # index of the first IN layer in each top-level module (and one past the end)
-        n = 0
-        for m in self.modules:
-            self.first_in.append(n)
-            n += count_instance_norms(m)
-        self.first_in.append(n)
-        self.n_in = n
+        self.n_steps = program.n_steps
+        self.norm_at = list(program.norm_at)
+        self.n_in = len(self.norm_at)
         self.budget = cache_budget
-        self.shapes = _boundary_shapes(gen)
-        self.cache: list[torch.Tensor] | None = None  # per window, the input of module `cache_at`
-        self.cache_at = 0
+        self.step_bytes = self._bytes_per_window_pixel()
+        if state_cap is not None:  # states larger than this per window pixel are recomputed, never kept
+            self.step_bytes = [b if b <= state_cap else math.inf for b in self.step_bytes]
+        n = len(self.windows)
+        self.pos = [0] * n  # per window: the program step its kept state is at (0: the input, not kept)
+        self.state: list[_State | None] = [None] * n
+        self.used = 0  # bytes of kept states
+        self.total_px = sum(self._window_px(j) for j in range(n))
+        self.peak_cached = 0
+        self.steps_run = 0  # program steps run over all windows and passes (a cost measure for tests)
+
+    @property
+    def cache_at(self) -> int:
+        """The earliest step any window resumes from (0: some window starts from its input)."""
+        return min(self.pos)
 
     def run(self) -> list[torch.Tensor]:
         stats: list[tuple[torch.Tensor, torch.Tensor]] = []
         for k in range(self.n_in):
-            module = max(j for j in range(len(self.modules)) if self.first_in[j] <= k and self.first_in[j + 1] > k)
-            stats.append(self._stats_of(k, module, stats))
-        outs = []
-        for chunk in self._chunks():
+            stats.append(self._stats_of(k, stats))
+        outs: list[torch.Tensor | None] = [None] * len(self.windows)
+        for group in self._groups():
             with torch.inference_mode(), _autocast(self.runner):
-                h = run_modules(self.modules[self.cache_at :], self._state(chunk), stats, self.first_in[self.cache_at])
-                if self.gen.config.learn_residual:
-                    h = torch.clamp(self._input(chunk) + h, -1.0, 1.0)
-            outs.append(h.float().cpu())
-        return outs
+                h, _ = self._advance(group, self.n_steps, stats, keep=False)
+                if self.learn_residual:
+                    h = torch.clamp(self._input(group) + h, -1.0, 1.0)
+            for j, o in zip(group, h.float().cpu().split(1), strict=True):
+                outs[j] = o
+            for j in group:
+                self.state[j] = None
+        return outs  # type: ignore[return-value]  # one 1 x 3 x h x w tensor per window, in window order
 
-    def _chunks(self) -> list[list[int]]:
-        idx = list(range(len(self.windows)))
-        return [idx[i : i + self.bs] for i in range(0, len(idx), self.bs)]
+    def _bytes_per_window_pixel(self) -> list[float]:
+        """Host bytes of a window's state before each program step, per window pixel (a dry run at 16x16)."""
+        size = 16
+        x = torch.zeros(1, 3, size, size, device=self.runner.device)
+        out: list[float] = [0.0]  # the input is not kept (it is cut from the image again)
+        state: _State = (x, ())
+        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with torch.inference_mode(), _autocast(self.runner):
+            for i in range(self.n_steps):
+                if i in self.norm_at:  # any statistics do for sizes: this window's own
+                    h = state[0].double()
+                    stats.append((h.mean((0, 2, 3)).float(), h.var((0, 2, 3), unbiased=False).float()))
+                state = self.program.run(state, i, i + 1, stats)
+                out.append(_state_bytes(state) / (size * size))
+        return out
 
-    def _input(self, chunk: list[int]) -> torch.Tensor:
-        batch = torch.cat([self.x[..., a:b, c:d] for a, b, c, d in (self.windows[j] for j in chunk)])
+    def _groups(self) -> list[list[int]]:
+        """Windows in batches of at most `bs` that resume from the same step."""
+        by_pos: dict[int, list[int]] = {}
+        for j in range(len(self.windows)):
+            by_pos.setdefault(self.pos[j], []).append(j)
+        return [idx[i : i + self.bs] for idx in by_pos.values() for i in range(0, len(idx), self.bs)]
+
+    def _input(self, group: list[int]) -> torch.Tensor:
+        batch = torch.cat([self.x[..., a:b, c:d] for a, b, c, d in (self.windows[j] for j in group)])
         return batch.to(self.runner.device, self.runner.dtype)
 
-    def _state(self, chunk: list[int]) -> torch.Tensor:
-        if self.cache is None:
-            return self._input(chunk)
-        return torch.cat([self.cache[j] for j in chunk]).to(self.runner.device)
+    def _window_px(self, j: int) -> int:
+        a, b, c, d = self.windows[j]
+        return (b - a) * (d - c)
 
-    def _cache_bytes(self, module: int) -> int:
-        channels, stride = self.shapes[module]
-        itemsize = 2 if getattr(self.runner, "fp16", False) else 4
-        px = sum((b - a) * (d - c) for a, b, c, d in self.windows) / (stride * stride)
-        return int(channels * px * itemsize)
+    def _advance(self, group: list[int], stop: int, stats: list, keep: bool = True) -> _State:
+        """Run a group of windows from their kept step to `stop`, keeping each one's state at the furthest
+        step <= stop that fits the budget (when `keep`). Returns the batched state at `stop`."""
+        start = self.pos[group[0]]
+        if start == 0:
+            state: _State = (self._input(group), ())
+        else:
+            parts = [self.state[j] for j in group]
+            state = (
+                torch.cat([p[0] for p in parts]).to(self.runner.device),  # type: ignore[index]
+                tuple(
+                    torch.cat(t).to(self.runner.device)
+                    for t in zip(*(p[1] for p in parts), strict=True)  # type: ignore[index]
+                ),
+            )
+        old = sum(_state_bytes(self.state[j]) for j in group if self.state[j] is not None)  # type: ignore[arg-type]
+        px = sum(self._window_px(j) for j in group)
+        room = self.budget * px / self.total_px  # every window's fair share: none falls back to its input
+        to = start
+        if keep:
+            to = max((i for i in range(start, stop + 1) if self.step_bytes[i] * px <= room), default=start)
+        if to > start or (start > 0 and self.step_bytes[start] * px > room):
+            for j in group:  # the old states are released as the group moves on
+                self.state[j], self.pos[j] = None, 0
+            self.used -= old
+        if to > start:
+            state = self.program.run(state, start, to, stats)
+            self.steps_run += (to - start) * len(group)
+            for n, j in enumerate(group):
+                h = state[0][n : n + 1].cpu().clone()
+                skips = tuple(h if t is state[0] else t[n : n + 1].cpu().clone() for t in state[1])
+                self.state[j], self.pos[j] = (h, skips), to
+                self.used += _state_bytes((h, skips))
+            self.peak_cached = max(self.peak_cached, self.used)
+            start = to
+        self.steps_run += (stop - start) * len(group)
+        return self.program.run(state, start, stop, stats)
 
-    def _stats_of(self, k: int, module: int, stats: list) -> tuple[torch.Tensor, torch.Tensor]:
-        advance = module > self.cache_at and self._cache_bytes(module) <= self.budget
-        new_cache: list[torch.Tensor] = []
+    def _stats_of(self, k: int, stats: list) -> tuple[torch.Tensor, torch.Tensor]:
+        at = self.norm_at[k]
         rows, cols = self.plan.owned(self.plan.height), self.plan.owned(self.plan.width)
         nx = len(self.plan.starts(self.plan.width))
         s1 = s2 = None
         n = 0
-        for chunk in self._chunks():
+        for group in self._groups():
             with torch.inference_mode(), _autocast(self.runner):
-                h = self._state(chunk)
-                start = self.cache_at
-                if advance:
-                    h = run_modules(self.modules[start:module], h, stats, self.first_in[start])
-                    new_cache += list(h.cpu().split(1))
-                    start = module
-                try:
-                    run_modules(self.modules[start:], h, stats, self.first_in[start], stop=k)
-                    raise AssertionError("IN layer not reached")  # pragma: no cover
-                except _Stop as s:
-                    act = s.x
-            for j, a in zip(chunk, act, strict=True):
+                act, _ = self._advance(group, at, stats)
+            for j, a in zip(group, act, strict=True):
                 y0, y1, x0, _ = self.windows[j]
                 (r0, r1), (c0, c1) = rows[j // nx], cols[j % nx]
                 f = (y1 - y0) // a.shape[-2]  # this layer's downsampling factor
-                part = a[:, (r0 - y0) // f : (r1 - y0) // f, (c0 - x0) // f : (c1 - x0) // f].double()
-                ps1, ps2 = part.sum(dim=(1, 2)), (part * part).sum(dim=(1, 2))
+                part = a[:, (r0 - y0) // f : (r1 - y0) // f, (c0 - x0) // f : (c1 - x0) // f].float()
+                ps1 = part.sum(dim=(1, 2), dtype=torch.float64)
+                ps2 = torch.cat(  # squares 16 channels at a time: no full-size temporary
+                    [c.square().sum(dim=(1, 2), dtype=torch.float64) for c in part.split(16)]
+                )
                 s1, s2 = (ps1, ps2) if s1 is None else (s1 + ps1, s2 + ps2)
                 n += part.shape[1] * part.shape[2]
-        if advance:
-            self.cache, self.cache_at = new_cache, module
         mean = s1 / n
         var = (s2 / n - mean * mean).clamp_min(0)
         return mean.float(), var.float()
-
-
-def _boundary_shapes(gen: Generator) -> list[tuple[int, int]]:
-    """(channels, stride) of the tensor entering each top-level module of the generator."""
-    shapes, c, s = [], gen.config.in_channels, 1.0
-    for m in gen.model:
-        shapes.append((c, max(int(s), 1)))
-        for sub in m.modules():
-            if isinstance(sub, nn.ConvTranspose2d):
-                c, s = sub.out_channels, s / sub.stride[0]
-            elif isinstance(sub, nn.Conv2d):
-                c, s = sub.out_channels, s * sub.stride[0]
-    return shapes

@@ -2,7 +2,7 @@
 
 Usage:
     python -m engine.deblur INPUT... --checkpoint model.pt --out DIR [options]
-    python -m engine.deblur clips/ --backend onnx --model deblurgan.onnx --out DIR --device cuda
+    python -m engine.deblur clips/ --runtime onnx --model deblurgan.onnx --out DIR --device cuda
 
 INPUT: image files, folders (searched recursively for images and videos) and video files. The output
 folder mirrors each input folder; a file input lands directly in --out. Videos come out as a video with
@@ -14,6 +14,7 @@ and the job goes on; the exit code is 0 when every file worked, 1 when some fail
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,16 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from deblurgan.cli import run_cli
-from deblurgan.errors import DeblurGANError
+from deblurgan.cli import ArgumentParser, run_cli
+from deblurgan.errors import DeblurGANError, first_line
+from deblurgan.inference import RUNTIMES
 from deblurgan.io import is_image_file, read_image, write_image
+from deblurgan.precision import PRECISIONS
 from deblurgan.video import VideoReader, VideoWriter, is_video_file
 
-BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
+PROG = "python -m engine.deblur"  # the same usage line for the deblurgan-deblur console script
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.deblur", description="Deblur images, folders and videos.")
+    p = ArgumentParser(prog=PROG, description="Deblur images, folders and videos.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or video files")
     p.add_argument("--out", required=True, help="output folder (mirrors input folders)")
     p.add_argument("--suffix", default="", help="added to output file names, e.g. _deblurred")
@@ -44,11 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The options that pick and run a model (shared with engine.evaluate)."""
-    p.add_argument("--checkpoint", help="generator checkpoint (ours or the authors' latest_net_G.pth)")
-    p.add_argument("--model", help="exported artifact for --backend onnx|aoti|tensorrt (default: --checkpoint)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument(
+        "--checkpoint", help="generator checkpoint (ours or the authors' latest_net_G.pth); default: the shipped model"
+    )
+    p.add_argument("--model", help="exported model for --runtime onnx|aoti|tensorrt (default: --checkpoint)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="what runs the model: torch (a checkpoint, exact tiling), or an exported --model for ONNX Runtime, "
+        "AOTInductor or TensorRT (default: from --model's suffix, else torch)",
+    )
+    p.add_argument("--backend", choices=RUNTIMES, dest="runtime", help=argparse.SUPPRESS)  # the older spelling
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument("--fp16", action="store_true", help="half precision (CUDA, torch backend)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="torch runtime: auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, fp16 (CUDA)",
+    )
+    p.add_argument("--fp16", action="store_true", help="same as --precision fp16 (CUDA, torch runtime)")
     p.add_argument("--batch-size", type=int, default=4, help="frames or tiles per forward pass")
     p.add_argument("--tile", type=int, help="tile size in px (multiple of 4); default: only when memory is short")
     p.add_argument("--overlap", type=int, help="tile overlap in px (multiple of 4); default: automatic")
@@ -58,9 +76,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default="global",
         help="instance-norm statistics of tiles: whole image (exact, torch) or per tile (one pass)",
     )
+    p.add_argument(
+        "--max-memory",
+        type=parse_bytes,
+        metavar="SIZE",
+        help="bound of the host memory a large image may take on CPU, e.g. 4G or 512M (default 4G): "
+        "larger images run in smaller tiles",
+    )
     p.add_argument("--test-time-dropout", action="store_true", help="keep dropout on (the paper's inference)")
     p.add_argument("--seed", type=int, help="seed for --test-time-dropout")
     p.add_argument("--no-ema", action="store_true", help="use the raw generator even if the checkpoint has EMA")
+
+
+def parse_bytes(text: str) -> int:
+    """'4G', '512M', '1.5GiB', '2048' -> bytes (K/M/G/T are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size (e.g. 4G, 512M)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 @dataclass
@@ -92,31 +125,46 @@ def make_deblurrer(args: argparse.Namespace):  # -> deblurgan.inference.Deblurre
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.seed is not None and not args.test_time_dropout:
         print("note: --seed only matters with --test-time-dropout", file=sys.stderr)
+    precision = args.precision
+    if args.fp16:
+        if precision not in ("auto", "fp16"):
+            raise DeblurGANError(f"--fp16 contradicts --precision {precision}")
+        precision = "fp16"
     opts = dict(
         batch_size=args.batch_size,
         tile=args.tile,
         overlap=args.overlap,
         tile_stats=args.tile_stats,
+        max_memory=args.max_memory,
         test_time_dropout=args.test_time_dropout,
         seed=args.seed,
     )
-    if args.backend == "torch":
-        if not args.checkpoint:
-            raise DeblurGANError("give --checkpoint (the torch backend runs a generator checkpoint)")
-        return Deblurrer(args.checkpoint, device=device, fp16=args.fp16, use_ema=not args.no_ema, **opts)
+    runtime = args.runtime
+    if runtime is None:
+        runtime = "torch"
+        if args.model:
+            from export.runtime import detect_runtime
+
+            runtime = detect_runtime(args.model)
+    if runtime == "torch":
+        if args.model and not args.checkpoint:
+            args.checkpoint = args.model
+        return Deblurrer(args.checkpoint, device=device, precision=precision, use_ema=not args.no_ema, **opts)
     path = args.model or args.checkpoint
     if not path:
-        raise DeblurGANError(f"give --model (the {args.backend} artifact to run)")
+        raise DeblurGANError(f"give --model (the {runtime} model to run)")
     try:
         from export.runtime import load_runner
     except ImportError as e:
-        raise DeblurGANError(f"the {args.backend} backend is not available in this install ({e})") from None
-    runner = load_runner(path, args.backend, device, args.fp16)
+        raise DeblurGANError(f"the {runtime} runtime is not available in this install ({e})") from None
+    runner = load_runner(path, runtime, device, precision=precision)
     return Deblurrer(runner=runner, **opts)
 
 
 def plan_jobs(inputs: list[Path], out: Path, suffix: str, ext: str | None, frames: bool) -> list[Job]:
     """Expand inputs into (source, destination) pairs; refuse outputs that would overwrite an input."""
+    if out.exists() and not out.is_dir():
+        raise DeblurGANError(f"--out {out} is a file: give a folder (outputs keep their input names)")
     out_r = out.resolve()
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -170,8 +218,7 @@ def run_jobs(jobs: list[Job], deblurrer, args: argparse.Namespace) -> int:
             tqdm.write(f"skipped {job.src}: {_strip_path(str(e), job.src)}", file=sys.stderr)
         except Exception as e:  # e.g. out of memory on one huge file: report it and go on with the others
             failed += 1
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            tqdm.write(f"skipped {job.src}: {type(e).__name__}: {msg}", file=sys.stderr)
+            tqdm.write(f"skipped {job.src}: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
     done = len(jobs) - failed
     print(f"deblurred {done} of {len(jobs)} file(s) into {args.out}", file=sys.stderr)
     return 1 if failed else 0
@@ -239,7 +286,10 @@ def _note_tiling(deblurrer, height: int, width: int) -> None:
     _NOTED.add((height, width))
     n = len(plan.windows())
     if deblurrer.tile_stats == "global":
-        how = "whole-image IN statistics: exact, about 2x the work of one pass; --tile-stats tile is faster"
+        how = (
+            "whole-image IN statistics: exact; each layer runs once per tile while the tiles' kept states fit "
+            "--max-memory, early layers are recomputed otherwise; --tile-stats tile is one approximate pass"
+        )
     else:
         how = "per-tile IN statistics: one pass, blended seams, approximate"
     print(f"note: {width}x{height} runs in {n} tiles of {plan.tile} px ({how})", file=sys.stderr)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deblurgan.cli import run_cli
-from deblurgan.errors import DeblurGANError
+from deblurgan.cli import ArgumentParser, run_cli
+from deblurgan.data import gopro_pairs, paired_folder_pairs
+from deblurgan.errors import DeblurGANError, first_line
 from deblurgan.fsutil import atomic_write_text
 from deblurgan.io import list_images, read_image, write_image
 from deblurgan.metrics import psnr, ssim
@@ -33,10 +34,11 @@ from deblurgan.metrics import psnr, ssim
 from .deblur import add_model_args, make_deblurrer
 
 FIELDS = ("image", "psnr", "ssim", "blur_psnr", "blur_ssim")
+PROG = "python -m engine.evaluate"  # the same usage line for the deblurgan-evaluate console script
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.evaluate", description="PSNR/SSIM of deblurred images.")
+    p = ArgumentParser(prog=PROG, description="PSNR/SSIM of deblurred images.")
     p.add_argument("--data", help="GoPro-layout test folder (SEQ/blur, SEQ/sharp): runs the model")
     p.add_argument("--restored", help="folder of already deblurred images to score")
     p.add_argument("--sharp", help="folder of ground-truth sharp images (with --restored)")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SSIM with an 11x11 Gaussian window, sigma 1.5 (Wang et al., as MATLAB) instead of skimage's 7x7 default",
     )
     add_model_args(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only on a terminal)")
     return p
 
 
@@ -73,7 +75,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.save and not args.data:
         raise DeblurGANError("--save applies to --data (it writes the restored images)")
     if args.data:
-        pairs = gopro_pairs(Path(args.data))
+        pairs = test_pairs(Path(args.data))
         deblurrer = make_deblurrer(args)
     else:
         if not args.sharp:
@@ -108,14 +110,25 @@ def _gopro_split(root: Path, split: str) -> dict[str, Path] | None:
     return out
 
 
-def gopro_pairs(root: Path) -> list[Pair]:
-    """Blurred/sharp pairs of a GoPro-layout test folder."""
+def test_pairs(root: Path) -> list[Pair]:
+    """Blurred/sharp pairs of a GoPro-layout test folder (deblurgan.data.gopro_pairs) or of root/blur + root/sharp."""
     if not root.is_dir():
         raise DeblurGANError(f"--data {root}: not a folder")
-    blur, sharp = _gopro_split(root, "blur"), _gopro_split(root, "sharp")
-    if not blur or not sharp:
+    if (root / "blur").is_dir() and (root / "sharp").is_dir():
+        found = paired_folder_pairs(root / "blur", root / "sharp")
+        base = root / "blur"
+        return sorted((Pair(str(b.relative_to(base).with_suffix("")), s, b) for b, s in found), key=_name)
+    if not any(d.is_dir() for d in root.glob("*/sharp")) and not any(d.is_dir() for d in root.glob("*/*/sharp")):
         raise DeblurGANError(f"--data {root}: expected SEQ/blur/*.png and SEQ/sharp/*.png (or blur/ and sharp/)")
-    return _pair(sharp, blur=blur)
+    pairs = []
+    for b, s in gopro_pairs(root, split="val"):  # the "val" split looks for test/ (or ROOT itself)
+        blur_dir = next(p for p in b.parents if p.name == "blur")
+        pairs.append(Pair(f"{blur_dir.parent.name}/{b.relative_to(blur_dir).with_suffix('')}", s, b))
+    return sorted(pairs, key=_name)
+
+
+def _name(pair: Pair) -> str:
+    return pair.name
 
 
 def folder_pairs(restored: Path, sharp: Path, blur: Path | None) -> list[Pair]:
@@ -189,8 +202,7 @@ def score(
             tqdm.write(f"skipped {pair.name}: {e}", file=sys.stderr)
         except Exception as e:  # e.g. out of memory on one image: report it and go on
             failed += 1
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            tqdm.write(f"skipped {pair.name}: {type(e).__name__}: {msg}", file=sys.stderr)
+            tqdm.write(f"skipped {pair.name}: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
     return rows, failed
 
 

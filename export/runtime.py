@@ -1,14 +1,16 @@
 """One runner interface for every artifact: PyTorch checkpoint, ONNX, AOTInductor `.pt2`, TensorRT `.engine`.
 
-A runner is a callable `runner(x) -> y`: x is N x 3 x H x W float32 RGB in [-1, 1] on `runner.device`
-(H, W multiples of 4, >= 8), y has the same shape, device and range. Attributes: `device`, `dtype` (the input
-dtype it wants: always float32 here, fp16 artifacts cast inside), `max_batch` (None = any), `name`.
-Pre/post-processing, padding and tiling belong to `deblurgan.inference.Deblurrer`, which accepts any runner.
+A runner (`deblurgan.inference.Runner`, where the protocol, the size rule and `TorchRunner` live) is a callable
+`runner(x) -> y`: x is N x 3 x H x W float32 RGB in [-1, 1] on `runner.device`, y has the same shape, device
+and range. Attributes: `device`, `dtype` (the input dtype it wants: always float32 here, fp16 artifacts cast
+inside), `max_batch` (None = any), `name`. Pre/post-processing, padding and tiling belong to
+`deblurgan.inference.Deblurrer`, which accepts any runner.
 
-    runner = load_runner("deblurgan.onnx", backend="onnx")
+    runner = load_runner("deblurgan.onnx", runtime="onnx")
     y = runner(x)
 
-Runners: `TorchRunner` (from deblurgan.inference), `OnnxRunner`, `AOTIRunner`, `TensorRTRunner`.
+Runners: `TorchRunner` (from deblurgan.inference), `OnnxRunner`, `AOTIRunner`, `TensorRTRunner`, and
+`export.onnx_stats.OnnxStatsRunner` for a folder written by `python -m export.onnx_stats` (exact tiling).
 """
 
 from __future__ import annotations
@@ -16,17 +18,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from deblurgan.errors import DeblurGANError
-from deblurgan.inference import TorchRunner  # the eager runner lives with the Deblurrer
+from deblurgan.errors import DeblurGANError, first_line
+from deblurgan.inference import RUNTIMES, Runner, TorchRunner, check_input
 
-__all__ = ["AOTIRunner", "OnnxRunner", "Runner", "TensorRTRunner", "TorchRunner", "load_runner"]
+__all__ = [
+    "AOTIRunner",
+    "OnnxRunner",
+    "RUNTIMES",
+    "Runner",
+    "TensorRTRunner",
+    "TorchRunner",
+    "check_input",
+    "detect_runtime",
+    "load_runner",
+]
 
-BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
 SUFFIXES = {
     "torch": (".pth", ".pt", ".ckpt", ".tar"),
     "onnx": (".onnx",),
@@ -35,27 +45,7 @@ SUFFIXES = {
 }
 TRT_REQUIREMENT = "tensorrt>=10,<12"  # the [trt] extra of pyproject.toml says the same
 TRT_MISSING = f'TensorRT is not installed: pip install "{TRT_REQUIREMENT}" (TensorRT 10 or 11; needs an NVIDIA GPU)'
-
-
-@runtime_checkable
-class Runner(Protocol):
-    device: torch.device
-    dtype: torch.dtype
-    max_batch: int | None
-    name: str
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-def check_input(x: torch.Tensor, runner: Runner) -> None:
-    """Raise DeblurGANError for an input the artifact cannot take (shape, multiple of 4, batch)."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise DeblurGANError(f"{runner.name}: expected N x 3 x H x W, got {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    if h % 4 or w % 4 or h < 8 or w < 8:
-        raise DeblurGANError(f"{runner.name}: H and W must be multiples of 4 and >= 8, got {h}x{w} (pad first)")
-    if runner.max_batch is not None and x.shape[0] > runner.max_batch:
-        raise DeblurGANError(f"{runner.name}: batch {x.shape[0]} > max_batch {runner.max_batch}")
+ORT_BYTES_PER_CHANNEL = 25  # ONNX Runtime CPU: peak bytes per pixel per ngf channel (1580 measured at ngf 64)
 
 
 class OnnxRunner:
@@ -81,14 +71,20 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise DeblurGANError(f"{self.path}: not a loadable ONNX model ({_first_line(e)})") from None
+            raise DeblurGANError(f"{self.path}: not a loadable ONNX model ({first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.io = meta.get("deblurgan.io", "float")
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.dtype = torch.float32
         self.max_batch: int | None = None
+        self.precision = meta.get("deblurgan.precision", "fp32")
         self.name = "onnx-uint8" if self.io == "uint8" else "onnx"
+        try:
+            ngf = int(json.loads(meta.get("deblurgan.generator_config", "{}")).get("ngf", 64))
+        except (ValueError, TypeError, AttributeError):
+            ngf = 64
+        self.bytes_per_pixel = ngf * ORT_BYTES_PER_CHANNEL  # for the Deblurrer's automatic tiling
         if self.io == "uint8" and self.device.type != "cpu":
             raise DeblurGANError("uint8-io ONNX models run on cpu here; export with --io float for CUDA")
 
@@ -123,7 +119,7 @@ class AOTIRunner:
         try:
             self.model = torch._inductor.aoti_load_package(str(self.path))
         except Exception as e:  # a corrupt zip, an ABI mismatch, a package for another device
-            raise DeblurGANError(f"{self.path}: not a loadable AOTInductor package ({_first_line(e)})") from None
+            raise DeblurGANError(f"{self.path}: not a loadable AOTInductor package ({first_line(e)})") from None
         meta = self.model.get_metadata()
         built_for = meta.get("deblurgan.device") or meta.get("AOTI_DEVICE_KEY", "cpu")
         self.device = torch.device(device) if device is not None else torch.device(built_for)
@@ -132,7 +128,8 @@ class AOTIRunner:
                 f"{self.path} was compiled for {built_for}, not {self.device}: "
                 f"re-export with --device {self.device.type}"
             )
-        self.fp16 = meta.get("deblurgan.precision") == "fp16"
+        self.precision = meta.get("deblurgan.precision", "fp32")
+        self.fp16 = self.precision == "fp16"
         self.max_batch = int(meta["deblurgan.max_batch"]) if "deblurgan.max_batch" in meta else None
         self.dtype = torch.float32
         self.name = "aoti-fp16" if self.fp16 else "aoti"
@@ -280,7 +277,7 @@ def read_sidecar(engine: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise DeblurGANError(f"{path}: unreadable sidecar JSON ({_first_line(e)})") from None
+        raise DeblurGANError(f"{path}: unreadable sidecar JSON ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise DeblurGANError(f"{path}: sidecar JSON is not an object")
     return data
@@ -309,47 +306,71 @@ def _torch_dtype(trt_dtype) -> torch.dtype:
     return _TRT_TO_TORCH[name]
 
 
-def detect_backend(path: str | os.PathLike) -> str:
-    """The backend a file belongs to, from its suffix."""
+def detect_runtime(path: str | os.PathLike) -> str:
+    """The runtime a file belongs to, from its suffix (a folder from export.onnx_stats: onnx)."""
+    from .onnx_stats import is_stats_model
+
+    if is_stats_model(path):
+        return "onnx"
     suffix = Path(path).suffix.lower()
-    for backend, suffixes in SUFFIXES.items():
+    for runtime, suffixes in SUFFIXES.items():
         if suffix in suffixes:
-            return backend
-    raise DeblurGANError(f"{path}: cannot tell the backend from the suffix {suffix!r}; pass --backend")
+            return runtime
+    raise DeblurGANError(f"{path}: cannot tell the runtime from the suffix {suffix!r}; pass --runtime")
 
 
 def load_runner(
     path_or_checkpoint: str | os.PathLike,
-    backend: str = "auto",
+    runtime: str = "auto",
     device: str | torch.device = "cpu",
     fp16: bool = False,
+    *,
+    precision: str = "auto",
+    backend: str | None = None,
 ) -> Runner:
-    """Open any artifact as a runner; every failure is a one-line DeblurGANError."""
+    """Open any model file as a runner; every failure is a one-line DeblurGANError.
+
+    `backend=` is the older name of `runtime`; `fp16=True` that of `precision="fp16"` (torch runtime).
+    """
+    if backend is not None:
+        runtime = backend
     path = Path(path_or_checkpoint)
-    if backend == "auto":
-        backend = detect_backend(path)
-    if backend not in BACKENDS:
-        raise DeblurGANError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if runtime == "auto":
+        runtime = detect_runtime(path)
+    if runtime not in RUNTIMES:
+        raise DeblurGANError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and path.is_dir():
+        from .onnx_stats import OnnxStatsRunner, is_stats_model
+
+        if not is_stats_model(path):
+            raise DeblurGANError(f"{path} is a folder, not an ONNX model (nor one written by export.onnx_stats)")
+        _require("onnxruntime", "pip install onnxruntime")
+        if fp16 or precision not in ("auto", "fp32"):
+            raise DeblurGANError("--precision applies to the torch runtime; this ONNX model computes in fp32")
+        return OnnxStatsRunner(path, device=device)
     if not path.is_file():
-        raise DeblurGANError(f"{backend} model not found: {path}")
-    found = _suffix_backend(path)
-    if found is not None and found != backend:
-        raise DeblurGANError(f"{path} is a file for the {found} backend, not {backend}: use --backend {found}")
-    if backend == "torch":
-        return TorchRunner.from_checkpoint(path, device=device, fp16=fp16)
-    if fp16:
-        raise DeblurGANError(f"--fp16 applies to the torch backend; a {backend} artifact's precision is set at export")
-    if backend == "onnx":
+        raise DeblurGANError(f"{runtime} model not found: {path}")
+    found = _suffix_runtime(path)
+    if found is not None and found != runtime:
+        raise DeblurGANError(f"{path} is a file for the {found} runtime, not {runtime}: use --runtime {found}")
+    if runtime == "torch":
+        return TorchRunner.from_checkpoint(path, device=device, fp16=fp16, precision=precision)
+    if fp16 or precision not in ("auto", "fp32"):
+        raise DeblurGANError(
+            f"--precision {'fp16' if fp16 else precision} applies to the torch runtime; "
+            f"a {runtime} model's precision is set when it is exported"
+        )
+    if runtime == "onnx":
         _require("onnxruntime", "pip install onnxruntime")
         return OnnxRunner(path, device=device)
-    if backend == "aoti":
+    if runtime == "aoti":
         return AOTIRunner(path, device=device)
     return TensorRTRunner(path, device="cuda" if torch.device(device).type == "cpu" else device)
 
 
-def _suffix_backend(path: Path) -> str | None:
+def _suffix_runtime(path: Path) -> str | None:
     try:
-        return detect_backend(path)
+        return detect_runtime(path)
     except DeblurGANError:
         return None
 
@@ -359,8 +380,3 @@ def _require(module: str, hint: str) -> None:
         __import__(module)
     except ImportError:
         raise DeblurGANError(f"{module} is not installed: {hint}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

@@ -632,3 +632,67 @@ def test_gpu_check_script_is_valid_bash() -> None:
     text = script.read_text()
     assert "--benchmark-json" in text and "bench.report" in text
     assert '-m "gpu and not slow"' in text and '-m "gpu and slow"' in text  # every GPU test, the slow ones last
+
+
+def test_report_cpu_inference_rows_gflops_and_large_photo(tmp_path) -> None:
+    """CPU report: GFLOP/s against the matmul ceiling of the row's dtype, CPU backends expected, the large photo."""
+    data = _synthetic(gpu=False)
+    s720 = [1, 3, 720, 1280]
+    flop = 1394e9
+    data["benchmarks"] = [
+        _bench("mm32", "calibration", 100.0, case="matmul", backend="calibration", tflops=0.25, dtype="float32"),
+        _bench(
+            "mm16", "calibration", 50.0, case="matmul bfloat16", backend="calibration", tflops=0.5, dtype="bfloat16"
+        ),
+        _bench(
+            "e",
+            "inference",
+            6000.0,
+            case="generator 720p b1",
+            backend="eager",
+            shape=s720,
+            dtype="float32",
+            flop=flop,
+            tflops=flop / 6.0 / 1e12,
+            full_size=True,
+        ),
+        _bench(
+            "b",
+            "inference",
+            3000.0,
+            case="generator 720p b1",
+            backend="eager-bf16",
+            shape=s720,
+            dtype="bfloat16",
+            flop=flop,
+            tflops=flop / 3.0 / 1e12,
+            full_size=True,
+        ),
+        _bench(
+            "photo",
+            "large-photo",
+            120e3,
+            case="deblur 4000x3000 JPEG",
+            backend="engine.deblur",
+            shape=[3000, 4000],
+            dtype="bfloat16",
+            peak_rss_bytes=3.5e9,
+            wall_s=120.0,
+            untiled_fp32_estimate_s=60.0,
+            ratio_to_untiled=2.0,
+            tiles=6,
+            tile_px=1596,
+            max_memory="default",
+            full_size=True,
+        ),
+    ]
+    md = _render(data, tmp_path)
+    assert "| matmul float32 | - | 250 GFLOP/s |" in md and "| matmul bfloat16 | - | 500 GFLOP/s |" in md
+    inference = md.split("## Inference")[1].split("## Large photo")[0]
+    assert "GFLOP/s | % of matmul peak (same dtype)" in inference
+    assert "| generator 720p b1 | 1×3×720×1280 | float32 | eager | 6000 | 232 | 92.9 % | 1.00× | - |" in inference
+    assert "| generator 720p b1 | 1×3×720×1280 | bfloat16 | eager-bf16 | 3000 | 465 | 92.9 % | 2.00× | - |" in inference
+    assert "Not measured in this run: aoti, aoti-bf16, onnxruntime." in inference
+    photo = md.split("## Large photo (CPU, default path)")[1].split("## Training")[0]
+    assert "| 4000×3000 (12.0 MP) | bfloat16 | 6 of 1596 px | default | 3.50 GB | 120.0 s | 60.0 s | 2.00× |" in photo
+    assert "stand-in" not in photo

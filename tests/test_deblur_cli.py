@@ -18,6 +18,14 @@ RNG = np.random.default_rng(5)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _auto_is_fp32(monkeypatch):
+    """These tests compare with fp32 references: "auto" means fp32 here on every CPU (bf16: test_precision.py)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tiny_ckpt) -> Path:
     return tiny_ckpt
@@ -100,6 +108,10 @@ def test_usage_errors_exit_2_with_one_line(ckpt, inputs, tmp_path, capsys):
         ["--checkpoint", str(ckpt), "--tile", "30"],
         ["--checkpoint", str(ckpt), "--fp16", "--device", "cpu"],
         ["--backend", "onnx"],  # no model
+        ["--runtime", "onnx"],
+        ["--checkpoint", str(ckpt), "--precision", "fp8"],  # argparse errors are one line too
+        ["--checkpoint", str(ckpt), "--max-memory", "lots"],
+        ["--checkpoint", str(ckpt), "--fp16", "--precision", "bf16"],
     ]
     for extra in cases:
         assert main([str(inputs), "--out", str(tmp_path / "o"), *extra]) == 2, extra
@@ -193,7 +205,7 @@ def test_onnx_backend_same_result(ckpt, tmp_path):
         == 0
     )
     got = read_image(tmp_path / "o" / "x.png").astype(int)
-    assert np.abs(got - Deblurrer(ckpt).deblur(img)).max() <= 1
+    assert np.abs(got - Deblurrer(ckpt, precision="fp32").deblur(img)).max() <= 1
     args = [
         "--backend",
         "onnx",
@@ -225,3 +237,74 @@ def test_unexpected_failure_on_one_file_is_skipped(ckpt, inputs, tmp_path, capsy
     err = capsys.readouterr().err
     assert "skipped" in err and "rgb.png: RuntimeError: CUDA out of memory. Tried to allocate 20 GiB" in err
     assert "more details" not in err and (tmp_path / "o" / "sub" / "gray.png").is_file()
+
+
+def test_existing_file_as_out_is_one_error(ckpt, inputs, tmp_path, capsys):
+    out = tmp_path / "taken.png"
+    out.write_bytes(b"not a folder")
+    assert main([str(inputs / "rgb.png"), "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out {out} is a file: give a folder (outputs keep their input names)"]
+    assert out.read_bytes() == b"not a folder"
+
+
+def test_help_texts_and_the_same_program_name(monkeypatch):
+    from engine import deblur, evaluate
+
+    for module in (deblur, evaluate):
+        usages = set()
+        for argv0 in ("/usr/bin/deblurgan-deblur", "deblur.py", "-m"):
+            monkeypatch.setattr(sys, "argv", [argv0])
+            usages.add(module.build_parser().format_usage())
+        assert len(usages) == 1 and usages.pop().startswith(f"usage: {module.PROG} ")
+        parser = module.build_parser()
+        assert "--backend" not in parser.format_help()  # the older spelling is accepted but not advertised
+        for action in parser._actions:  # every option says what it does
+            assert action.help, (module.PROG, action.option_strings)
+        assert {"runtime", "precision", "max_memory", "no_progress"} <= {a.dest for a in parser._actions}
+
+
+def test_runtime_and_its_older_spelling(ckpt, tmp_path, monkeypatch):
+    import engine.deblur as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_jobs", lambda jobs, d, args: seen.append((d, args.runtime)) or 0)
+    img = tmp_path / "x.png"
+    write_image(img, RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    for flag in ("--runtime", "--backend"):
+        assert main([str(img), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), flag, "torch"]) == 0
+    assert [r for _, r in seen] == ["torch", "torch"]
+    assert main([str(img), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--precision", "bf16"]) == 0
+    assert seen[-1][0].precision == "bf16" and seen[-1][0].runner.name == "torch-bf16"
+    assert main([str(img), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--max-memory", "1.5G"]) == 0
+    assert seen[-1][0].max_memory == int(1.5 * 2**30)
+
+
+def test_parse_bytes():
+    import argparse
+
+    from engine.deblur import parse_bytes
+
+    assert parse_bytes("4G") == 4 * 2**30 and parse_bytes("512M") == 512 * 2**20 and parse_bytes("2048") == 2048
+    assert parse_bytes("4GiB") == parse_bytes("4gb") == 4 * 2**30
+    for bad in ("", "0", "-1G", "4X", "G"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_bytes(bad)
+
+
+def test_without_checkpoint_the_shipped_model_runs(ckpt, tmp_path, capsys, monkeypatch):
+    import deblurgan.pretrained as pretrained
+
+    img = tmp_path / "x.png"
+    write_image(img, RNG.integers(0, 256, (16, 20, 3), dtype=np.uint8))
+    monkeypatch.setattr(pretrained, "SHIPPED_WEIGHTS", tmp_path / "none.pt")
+    assert main([str(img), "--out", str(tmp_path / "a")]) == 2  # none ships yet: one line that says so
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trained model ships" in err[0]
+    with pytest.raises(pretrained.NoShippedModel):
+        Deblurrer()
+    monkeypatch.setattr(pretrained, "SHIPPED_WEIGHTS", Path(ckpt))
+    assert main([str(img), "--out", str(tmp_path / "b"), "--precision", "fp32"]) == 0
+    expected = Deblurrer(ckpt, precision="fp32").deblur(read_image(img))
+    np.testing.assert_array_equal(read_image(tmp_path / "b" / "x.png"), expected)
+    np.testing.assert_array_equal(Deblurrer(precision="fp32").deblur(read_image(img)), expected)

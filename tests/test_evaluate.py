@@ -19,6 +19,14 @@ from engine.evaluate import main, to_rgb8
 RNG = np.random.default_rng(11)
 
 
+@pytest.fixture(autouse=True)
+def _auto_is_fp32(monkeypatch):
+    """These tests compare with fp32 references: "auto" means fp32 here on every CPU (bf16: test_precision.py)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(1)
@@ -157,3 +165,22 @@ def test_to_rgb8():
     np.testing.assert_array_equal(out[..., 0], np.rint(g16 / 257).astype(np.uint8))
     rgba = RNG.integers(0, 256, (8, 8, 4), dtype=np.uint8)
     np.testing.assert_array_equal(to_rgb8(rgba), rgba[..., :3])
+
+
+def test_blur_and_sharp_folders_directly_and_the_shipped_model(ckpt, gopro, tmp_path, capsys, monkeypatch):
+    """--data ROOT with ROOT/blur + ROOT/sharp; without --checkpoint the shipped model runs (one line while none)."""
+    import deblurgan.pretrained as pretrained
+
+    seq = gopro / "GOPR0384_11_00"
+    monkeypatch.setattr(pretrained, "SHIPPED_WEIGHTS", tmp_path / "none.pt")
+    assert main(["--data", str(seq), "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trained model ships" in err[0]
+    monkeypatch.setattr(pretrained, "SHIPPED_WEIGHTS", ckpt)
+    out_csv = tmp_path / "s.csv"
+    assert main(["--data", str(seq), "--precision", "fp32", "--csv", str(out_csv), "--no-progress"]) == 0
+    rows = read_csv(out_csv)
+    assert [r["image"] for r in rows] == ["000000", "000001", "mean"]
+    d = Deblurrer(ckpt, precision="fp32")
+    blur, sharp = read_image(seq / "blur" / "000000.png"), read_image(seq / "sharp" / "000000.png")
+    assert float(rows[0]["psnr"]) == pytest.approx(sk(d.deblur(blur), sharp)[0], abs=1e-6)

@@ -16,6 +16,7 @@ from deblurgan import Generator, GeneratorConfig
 from deblurgan.checkpoint import save_generator
 from deblurgan.errors import DeblurGANError
 from deblurgan.inference import (
+    ACTIVATION_BYTES_PER_CHANNEL,
     LUMA,
     Deblurrer,
     TilePlan,
@@ -27,6 +28,14 @@ from deblurgan.inference import (
 )
 
 RNG = np.random.default_rng(99)
+
+
+@pytest.fixture(autouse=True)
+def _auto_is_fp32(monkeypatch):
+    """These tests compare with fp32 references: "auto" means fp32 here on every CPU (bf16: test_precision.py)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
 TOL_FP32 = 1e-3  # float32 tensors in [-1, 1]; observed differences are ~1e-5 (summation order)
 
 
@@ -359,7 +368,7 @@ def test_global_stats_with_fused_triton_layers_uses_a_torch_copy(gen):
 
 def test_windows_per_pass_respect_the_memory_budget():
     runner = PointwiseRunner()
-    per_px = 64 * 4 * 4  # the estimate for an unknown runner: ngf 64, fp32
+    per_px = 64 * ACTIVATION_BYTES_PER_CHANNEL  # the estimate for an unknown runner: ngf 64, fp32
     d = Deblurrer(runner=runner, tile=32, overlap=8, batch_size=8, memory_budget=2 * 32 * 32 * per_px)
     x = torch.rand(1, 3, 100, 100) * 2 - 1
     torch.testing.assert_close(d.deblur_tensor(x), torch.tanh(2 * x), atol=1e-6, rtol=0)
@@ -370,27 +379,60 @@ def test_windows_per_pass_respect_the_memory_budget():
 
 
 def test_exact_tiling_cache_changes_cost_not_numbers(gen):
-    """Host-cached window states (default) and full prefix recomputation (cache_budget=0) agree."""
+    """Kept window states (all, some within a budget, none) change the cost, never the numbers."""
     from deblurgan.inference import _ExactTiles
 
     x = torch.rand(1, 3, 150, 190) * 2 - 1
-    runner = TorchRunner(gen)
-    cached = Deblurrer(runner=runner, tile=128).deblur_tensor(x)
-    recomputed = Deblurrer(runner=runner, tile=128, cache_budget=0).deblur_tensor(x)
-    torch.testing.assert_close(cached, recomputed, atol=1e-6, rtol=0)
+    runner = TorchRunner(gen, precision="fp32")
     xp = pad_to_multiple(x)
     plan = Deblurrer(runner=runner, tile=128).plan(*xp.shape[-2:])
-    tiles = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=2**30)
-    tiles.run()
-    assert tiles.cache_at > 10  # the final pass started from the cached input of the upsampling layers
-    none = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=0)
-    none.run()
-    assert none.cache_at == 0 and none.cache is None
+    n = len(plan.windows())
+    results, steps = {}, {}
+    for name, budget in (("all", 2**30), ("some", 12 * 4 * 128 * 128), ("none", 0)):
+        tiles = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=budget)
+        results[name] = Deblurrer(runner=runner, tile=128, cache_budget=budget).deblur_tensor(x)
+        tiles.run()
+        steps[name] = tiles.steps_run
+        assert tiles.peak_cached <= budget
+    assert steps["all"] == tiles.n_steps * n  # every step of the generator runs once per window
+    assert steps["all"] < steps["some"] < steps["none"]
+    torch.testing.assert_close(results["all"], results["none"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results["some"], results["none"], atol=1e-6, rtol=0)
+
+
+def test_default_memory_bound_covers_kept_states(gen, monkeypatch):
+    """max_memory bounds activations + kept states + image buffers: a small bound tiles and keeps less."""
+    import deblurgan.inference as inf
+
+    monkeypatch.setattr(inf, "resident_memory", lambda: 0)
+    runner = TorchRunner(gen, precision="fp32")
+    per_px = gen.config.ngf * ACTIVATION_BYTES_PER_CHANNEL
+    bound = 200 * 200 * per_px
+    d = Deblurrer(runner=runner, max_memory=bound)
+    assert d.plan(160, 160) is None  # fits whole
+    plan = d.plan(400, 400)
+    assert plan is not None and len(plan.windows()) > 1
+    tile_px = min(plan.tile, 400) ** 2
+    assert tile_px * per_px <= bound // 2 + per_px * 8 * 400  # the activations' half of the bound
+    assert d._cache_budget(plan, 1) <= bound - tile_px * per_px
+    with pytest.raises(DeblurGANError, match="max_memory"):
+        Deblurrer(runner=runner, max_memory=0)
+
+
+def test_balanced_tiles_cover_little_more_than_the_image():
+    """Windows just large enough for their count: 4000x3000 in 2048 px windows would cover 25 MP."""
+    from deblurgan.inference import _balanced_tile
+
+    tile = _balanced_tile(3000, 4000, 2048, 192)
+    plan = TilePlan(3000, 4000, tile, 192, 91)
+    covered = sum((b - a) * (d - c) for a, b, c, d in plan.windows())
+    assert len(plan.windows()) == 6 and covered < 1.3 * 12e6 and tile <= 2048  # square windows of 1596 px
+    assert _balanced_tile(100, 120, 2048, 192) == 120  # one window
 
 
 def test_memory_budget_shrinks_the_batch_before_tiling():
     runner = PointwiseRunner()
-    per_px = 64 * 4 * 4
+    per_px = 64 * ACTIVATION_BYTES_PER_CHANNEL
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     d = Deblurrer(runner=runner, batch_size=2, memory_budget=32 * 32 * per_px)  # one whole image fits
     torch.testing.assert_close(d.deblur_tensor(x), torch.tanh(2 * x), atol=1e-6, rtol=0)
