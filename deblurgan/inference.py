@@ -144,7 +144,7 @@ class TorchRunner:
         from .pretrained import resolve_checkpoint
 
         path = resolve_checkpoint(path)
-        gen = load_generator(path, map_location="cpu", kernels=kernels, use_ema=use_ema)
+        gen = load_generator(path, map_location="cpu", kernels=kernels, use_ema=use_ema, run_device=device)
         return cls(gen, device, fp16, max_batch=max_batch, test_time_dropout=test_time_dropout, precision=precision)
 
     def autocast(self):  # -> a context manager

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DeblurGANError
+from .errors import DeblurGANError, first_line
 from .fsutil import atomic_path
 
 MAX_PIXELS = 2**30  # 1 gigapixel: larger files are refused rather than risk exhausting memory
@@ -180,7 +180,7 @@ def _decode_png16(data: bytes, path: str | os.PathLike) -> np.ndarray:
     try:
         img = codecs.png_decode(data)
     except Exception as e:  # imagecodecs.PngError (libpng's message), ValueError for non-PNG data
-        raise DeblurGANError(f"{path}: corrupt or truncated PNG ({_first_line(e)})") from None
+        raise DeblurGANError(f"{path}: corrupt or truncated PNG ({first_line(e)})") from None
     if img.dtype != np.uint16:
         raise DeblurGANError(f"{path}: not a 16-bit PNG ({img.dtype})")
     if img.ndim == 3 and img.shape[2] == 2:  # gray + alpha -> RGBA, like the 8-bit path
@@ -188,9 +188,6 @@ def _decode_png16(data: bytes, path: str | os.PathLike) -> np.ndarray:
     return img
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def encode_png16(image: np.ndarray) -> bytes:

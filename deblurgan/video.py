@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeblurGANError
+from .errors import DeblurGANError, first_line
 from .fsutil import commit, temp_beside
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
@@ -70,7 +70,7 @@ class VideoReader:
         except FileNotFoundError:
             raise DeblurGANError(f"{self.path}: file not found") from None
         except Exception as e:  # PyAV raises many FFmpeg error types for bad files
-            raise DeblurGANError(f"{self.path}: not a readable video ({_one_line(e)})") from None
+            raise DeblurGANError(f"{self.path}: not a readable video ({first_line(e)})") from None
         try:
             if not self._container.streams.video:
                 raise DeblurGANError(f"{self.path}: no video stream")
@@ -100,7 +100,7 @@ class VideoReader:
         try:
             yield from self._container.decode(self._stream)
         except Exception as e:
-            raise DeblurGANError(f"{self.path}: corrupt video ({_one_line(e)})") from None
+            raise DeblurGANError(f"{self.path}: corrupt video ({first_line(e)})") from None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         # Turned upright here, before the model, rather than writing the same display matrix to the output:
@@ -177,13 +177,13 @@ class VideoWriter:
                 self._tmp = temp_beside(self.path)
                 self._open(with_audio=False)
                 self._container.start_encoding()
-                _warn(f"{self._source.path}: audio ({names}) dropped: {_one_line(e)}")
+                _warn(f"{self._source.path}: audio ({names}) dropped: {first_line(e)}")
         except DeblurGANError:
             self._drop_all()
             raise
         except Exception as e:
             self._drop_all()
-            raise DeblurGANError(f"{self.path}: cannot write video ({_one_line(e)})") from None
+            raise DeblurGANError(f"{self.path}: cannot write video ({first_line(e)})") from None
         self._last_pts: int | None = None
         self._last_time: Fraction | None = None
 
@@ -307,7 +307,7 @@ class _Audio:
             self._in = av.open(str(src))
         except Exception as e:
             self._in = None
-            _warn(f"{src}: audio not copied (cannot open it again: {_one_line(e)})")
+            _warn(f"{src}: audio not copied (cannot open it again: {first_line(e)})")
             return
         kind = dst.suffix.lower() or out.format.name
         for s in self._in.streams.audio:
@@ -333,7 +333,7 @@ class _Audio:
         try:
             self._pump(until)
         except Exception as e:  # a broken audio stream must not cost the deblurred video
-            _warn(f"{self._src}: audio stops early: {_one_line(e)}")
+            _warn(f"{self._src}: audio stops early: {first_line(e)}")
             self._packets, self._pending = iter(()), None
 
     def _pump(self, until: Fraction | None) -> None:
@@ -489,6 +489,3 @@ def _warn(msg: str, kind: str = "warning") -> None:
     print(f"{kind}: {msg}", file=sys.stderr)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]

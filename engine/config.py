@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from deblurgan.config import CriticConfig, GeneratorConfig
-from deblurgan.errors import DeblurGANError
+from deblurgan.errors import DeblurGANError, first_line
 from deblurgan.fsutil import atomic_write_text
 
 
@@ -187,7 +187,7 @@ def load_yaml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise DeblurGANError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise DeblurGANError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise DeblurGANError(f"{path}: invalid YAML ({first_line(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -9,10 +9,9 @@ import torch
 
 from deblurgan import __version__
 from deblurgan.config import config_to_dict
+from deblurgan.inference import MIN_SIZE, SIZE_MULTIPLE
 from deblurgan.networks import Generator
 
-SIZE_MULTIPLE = 4
-MIN_SIZE = 8  # H/4 must be >= 2 for the ResBlocks' reflection padding
 MAX_SIZE = 16384
 PRECISIONS = ("fp32", "fp16", "bf16")
 IO_MODES = ("float", "uint8")

@@ -36,3 +36,12 @@ def tiny_ckpt(tmp_path_factory):
         for p in g.parameters():
             p.normal_(0, 0.2)
     return save_generator(g, tmp_path_factory.mktemp("ck") / "g.pt")
+
+
+@pytest.fixture(autouse=True)
+def _auto_precision_is_fp32(monkeypatch):
+    """Tests compare with fp32 references: precision "auto" means fp32 in every test, also on CPUs with native
+    bf16 (tests/test_precision.py patches the detection itself where bf16 is the point)."""
+    import deblurgan.precision
+
+    monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
