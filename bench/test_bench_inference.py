@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from bench.deepdeblur import count_flops
-from bench.timing import device, measure, on_gpu, pick, sizes, tf32_convs
+from bench.timing import device, measure, on_gpu, pick, size_label, sizes, tf32_convs
 from deblurgan.config import GeneratorConfig
 from deblurgan.inference import TorchRunner, keep_norms_fp32
 from deblurgan.networks import Generator
@@ -172,7 +172,10 @@ def _wanted(backend: str, size: str, batch: int) -> bool:
 CASES = [(b, s, n) for b in BACKENDS for s in SIZES for n in BATCHES if _wanted(b, s, n)]
 
 
-@pytest.mark.parametrize(("backend", "size", "batch"), CASES, ids=[f"{b}-{s}-b{n}" for b, s, n in CASES])
+CASE_IDS = [f"{b}-{size_label(s, SIZES[s])}-b{n}" for b, s, n in CASES]
+
+
+@pytest.mark.parametrize(("backend", "size", "batch"), CASES, ids=CASE_IDS)
 def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None:
     h, w = SIZES[size]
     run = runner(backend)
@@ -202,7 +205,7 @@ def test_bench_generator(benchmark, backend: str, size: str, batch: int) -> None
     y = measure(
         benchmark,
         forward,
-        case=f"generator {size} b{batch}",
+        case=f"generator {size_label(size, SIZES[size])} b{batch}",
         backend=backend,
         shape=[batch, 3, h, w],
         dtype=LOW_PRECISION.get(backend, "float32"),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.deepdeblur import DeepDeblur, count_flops
-from bench.timing import device, full_size, measure, on_gpu, pick, sizes, tensor_bytes, tf32_convs
+from bench.timing import device, full_size, measure, on_gpu, pick, size_label, sizes, tensor_bytes, tf32_convs
 from deblurgan.networks import Generator, count_parameters
 
 MODELS = {"DeblurGAN": Generator, "DeepDeblur": DeepDeblur}
@@ -86,7 +86,7 @@ def test_bench_model_forward(benchmark, name: str, dtype: torch.dtype) -> None:
     out = measure(
         benchmark,
         forward,
-        case="forward 720p b1",
+        case=f"forward {size_label('720p', (h, w))} b1",
         backend="eager",
         model=name,
         params=count_parameters(model),

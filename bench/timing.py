@@ -62,10 +62,18 @@ def full_size() -> bool:
     return on_gpu() or os.environ.get("DEBLURGAN_BENCH_FULL") == "1"
 
 
+REAL_SIZES = {"256": (256, 256), "720p": (720, 1280)}
+
+
+def size_label(name: str, shape: tuple[int, int]) -> str:
+    """`name` where `shape` is the size it names, else "HxW": a row or id names the size that really ran."""
+    return name if REAL_SIZES.get(name) == tuple(shape) else f"{shape[0]}x{shape[1]}"
+
+
 def sizes() -> dict[str, tuple[int, int]]:
     """Named image sizes (H, W): full on CUDA, tiny stand-ins on CPU (named by the real size they stand in for)."""
     if full_size():
-        return {"256": (256, 256), "720p": (720, 1280)}
+        return dict(REAL_SIZES)
     return {"256": (32, 32), "720p": (36, 64)}
 
 

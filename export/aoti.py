@@ -104,7 +104,7 @@ class AotiExporter:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deblurgan-export-aoti", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.aoti", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="our checkpoint or the authors' latest_net_G.pth (default: the shipped model)")
     p.add_argument("--out", default="deblurgan.pt2", help="output .pt2 package (default: %(default)s)")
     p.add_argument(

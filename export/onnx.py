@@ -388,7 +388,7 @@ def export_checkpoint(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deblurgan-export-onnx", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="our checkpoint or the authors' latest_net_G.pth (default: the shipped model)")
     p.add_argument("--out", default="deblurgan.onnx", help="output .onnx file (default: %(default)s)")
     p.add_argument("--io", choices=IO_MODES, default="float", help="float: NCHW float32 in [-1, 1]; uint8: HWC frames")

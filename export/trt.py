@@ -273,7 +273,7 @@ def write_sidecar(engine: str | os.PathLike, data: dict) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deblurgan-export-trt", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--onnx", help="a float-I/O ONNX file from python -m export.onnx; its precision is used")
     src.add_argument("--checkpoint", help="a checkpoint, exported to ONNX first (default: the shipped model)")

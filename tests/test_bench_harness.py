@@ -696,3 +696,15 @@ def test_report_cpu_inference_rows_gflops_and_large_photo(tmp_path) -> None:
     photo = md.split("## Large photo (CPU, default path)")[1].split("## Training")[0]
     assert "| 4000×3000 (12.0 MP) | bfloat16 | 6 of 1596 px | default | 3.50 GB | 120.0 s | 60.0 s | 2.00× |" in photo
     assert "stand-in" not in photo
+
+
+def test_rows_and_ids_name_the_size_that_ran() -> None:
+    """A CPU stand-in (36x64) is never labelled "720p": ids and cases say what really ran."""
+    import bench.test_bench_inference as bench_inference
+    from bench.timing import size_label
+
+    assert size_label("720p", (720, 1280)) == "720p" and size_label("256", (256, 256)) == "256"
+    assert size_label("720p", (36, 64)) == "36x64"
+    for (_, size, _), case_id in zip(bench_inference.CASES, bench_inference.CASE_IDS, strict=True):
+        h, w = bench_inference.SIZES[size]
+        assert (f"-{h}x{w}-" in case_id) or ((h, w) == (720, 1280) and "-720p-" in case_id), case_id
