@@ -93,12 +93,12 @@ def score_set(checkpoint: str | Path | None, set_dir: Path, device: str = "auto"
     from deblurgan.inference import Deblurrer
     from deblurgan.pretrained import resolve_checkpoint
 
-    from .evaluate import gopro_pairs, mean_row, score
+    from .evaluate import mean_row, score, test_pairs
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = Deblurrer(resolve_checkpoint(checkpoint), device=device)
-    rows, failed = score(gopro_pairs(set_dir), model, None, progress=False)
+    rows, failed = score(test_pairs(set_dir), model, None, progress=False)
     if failed or not rows:
         raise DeblurGANError(f"{failed} evaluation images could not be scored")
     return rows, mean_row(rows)
