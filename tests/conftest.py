@@ -45,3 +45,19 @@ def _auto_precision_is_fp32(monkeypatch):
     import deblurgan.precision
 
     monkeypatch.setattr(deblurgan.precision, "cpu_has_native_bf16", lambda: False)
+
+
+@pytest.fixture
+def seen_psfs(monkeypatch) -> list:
+    """The PSFs SyntheticDataset blurs with, in order (its `_blur` spied on, behaviour unchanged)."""
+    from deblurgan.data import SyntheticDataset
+
+    seen: list = []
+    original = SyntheticDataset._blur
+
+    def spy(self, sharp, psf, rng):
+        seen.append(psf)
+        return original(self, sharp, psf, rng)
+
+    monkeypatch.setattr(SyntheticDataset, "_blur", spy)
+    return seen

@@ -392,18 +392,11 @@ def test_a_bare_folder_is_read_by_its_layout(gopro, sharp_dir, tmp_path):
 
 
 @pytest.mark.parametrize("centre", [True, False])
-def test_synthetic_kernels_are_centred_on_their_mass_by_default(centre, monkeypatch) -> None:
+def test_synthetic_kernels_are_centred_on_their_mass_by_default(centre, seen_psfs) -> None:
     """Blurred and sharp stay aligned: the kernel's centroid is the origin (uncentred kernels shift the image)."""
     from deblurgan.data import SyntheticDataset
 
-    seen = []
-    original = SyntheticDataset._blur
-
-    def spy(self, sharp, psf, rng):
-        seen.append(psf)
-        return original(self, sharp, psf, rng)
-
-    monkeypatch.setattr(SyntheticDataset, "_blur", spy)
+    seen = seen_psfs
     ds = SyntheticDataset(["skimage:astronaut"], "train", crop=32, per_image=12, max_len=20, centre=centre)
     offsets = []
     for i in range(len(ds)):

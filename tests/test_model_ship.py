@@ -132,19 +132,10 @@ def test_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and "SHIPPED.json" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_training_blur_uses_centred_psfs(tmp_path, monkeypatch):
+def test_training_blur_uses_centred_psfs(tmp_path, seen_psfs):
     import numpy as np
 
-    from deblurgan.data import SyntheticDataset
-
-    seen = []
-    original = SyntheticDataset._blur
-
-    def spy(self, sharp, psf, rng):
-        seen.append(psf)
-        return original(self, sharp, psf, rng)
-
-    monkeypatch.setattr(SyntheticDataset, "_blur", spy)
+    seen = seen_psfs
     srcs = write_photos(tmp_path / "src", 2, size=(96, 128))
     photos.build_pack(srcs, tmp_path / "pack", crop=64, per_photo=2, eval_photos=[])
     cfg = ship.ship_config(tmp_path / "pack", 1, tmp_path / "runs", ["--crop", "32", "--batch-size", "2"])
