@@ -13,17 +13,11 @@ Precision (torch runner): "fp32", "bf16" (CPU or CUDA autocast) or "fp16" (CUDA 
 CPUs with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere. Instance norm always computes its statistics
 and normalisation in fp32.
 
-Tiling. Instance norm normalises by per-image statistics, so cutting an image into tiles and normalising
-each tile by itself changes the result (mildly, but visibly at seams on non-uniform images). With a torch
-runner the default `tile_stats="global"` is exact instead: the statistics of every IN layer are computed
-over the whole image, layer after layer, from tiles (pass k runs each tile up to IN layer k with the
-statistics of layers < k already frozen, and accumulates sums over the part of the tile it owns), and then
-a final pass runs every tile with all statistics frozen. With frozen statistics the generator is a local
-operator whose reach is its receptive field, so a tile whose context margin covers the receptive field
-gives exactly the untiled values there (up to float rounding). Each window's state is kept in host memory
-between passes as far forward as the memory bound allows (ideally the input of the IN layer the next pass
-needs: every layer then runs once per window), else recomputed from an earlier state. `tile_stats="tile"`
-normalises each tile by itself: one pass, feathered seams, approximate.
+Tiling (`deblurgan.tiling`). An image whose activations do not fit the memory bound runs in pieces. With a torch
+runner the default `tile_stats="global"` is exact: every instance-norm layer's statistics are gathered over the
+whole image, layer by layer, and each pass runs in bands of rows cut from kept states (in as few windows as the
+states' memory allows: one for a 12 MP photo within 4 GiB). `tile_stats="tile"` normalises each window by
+itself: one pass, feathered seams, approximate.
 """
 
 from __future__ import annotations
@@ -34,7 +28,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -44,8 +38,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DeblurGANError
-from .networks import Generator, ResnetBlock
+from .networks import Generator
 from .precision import autocast, resolve_precision
+from .tiling import (  # noqa: F401  (count_instance_norms ... torch_generator: this module's names too)
+    ExactTiles,
+    TilePlan,
+    TorchProgram,
+    _autocast,
+    balanced_tile,
+    count_instance_norms,
+    covered_pixels,
+    forward_with_stats,
+    frozen_norm,
+    generator_program,
+    receptive_radius,
+    run_modules,
+    run_program,
+    torch_generator,
+)
 
 CPU_MEMORY_BUDGET = 4 * 2**30  # default bound (4 GiB) of a job's host memory on CPU: activations, states, buffers
 DEFAULT_TILE_OVERLAP = 32  # per-tile statistics: overlap of neighbouring tiles, blended linearly
@@ -55,6 +65,8 @@ RUNTIMES = ("torch", "onnx", "aoti", "tensorrt")  # inference runtimes (`export.
 IMAGE_BYTES_PER_PIXEL = 41  # host buffers per image pixel besides the model (input, output, blending; measured)
 ACTIVATION_BYTES_PER_CHANNEL = 18  # peak activation bytes per pixel per generator ngf channel, fp32 (measured)
 STATE_BYTES_PER_CHANNEL = 2  # exact tiling: kept quarter-resolution states (activation + ResBlock input), fp32
+STATE_TRANSIT = 1.5  # kept states while the next ones are built band by band (old rows are freed as bands pass)
+BAND_BYTES_MAX = 2**30  # exact tiling: taller bands than this only save a few percent of recomputed halo
 
 
 def size_ok(height: int, width: int) -> bool:
@@ -168,12 +180,6 @@ def keep_norms_fp32(module: nn.Module) -> None:
             m._deblurgan_fp32 = True
 
 
-def _autocast(runner: object):  # -> a context manager
-    """The runner's own autocast (torch runners), else none."""
-    fn = getattr(runner, "autocast", None)
-    return fn() if callable(fn) else autocast(getattr(runner, "device", "cpu"), "fp32")
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch.device, with a clear error when CUDA is asked for but absent."""
     try:
@@ -262,156 +268,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE, minimum: int
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def padded_size(
-    height: int, width: int, multiple: int = SIZE_MULTIPLE, minimum: int = MIN_SIZE
-) -> tuple[int, int]:
+def padded_size(height: int, width: int, multiple: int = SIZE_MULTIPLE, minimum: int = MIN_SIZE) -> tuple[int, int]:
     """The size `pad_to_multiple` pads an HxW image to."""
     return max(_round_up(height, multiple), minimum), max(_round_up(width, multiple), minimum)
 
 
 def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
-
-
-# --- tiling ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """Windows of `tile` px stepping with at least `overlap` px of overlap over a padded HxW image.
-
-    `margin`: pixels next to an inner window edge that are not trusted (weight 0 when blending).
-    """
-
-    height: int
-    width: int
-    tile: int
-    overlap: int
-    margin: int
-
-    def starts(self, size: int) -> list[int]:
-        if size <= self.tile:
-            return [0]
-        n = math.ceil((size - self.overlap) / (self.tile - self.overlap))
-        return [4 * round(j * (size - self.tile) / (4 * (n - 1))) for j in range(n)]
-
-    def windows(self) -> list[tuple[int, int, int, int]]:
-        """(y0, y1, x0, x1) for each window, row-major."""
-        th, tw = min(self.tile, self.height), min(self.tile, self.width)
-        return [(y, y + th, x, x + tw) for y in self.starts(self.height) for x in self.starts(self.width)]
-
-    def blend_weights(self, size: int, start: int, length: int) -> torch.Tensor:
-        """1D feathering weights of one window: 0 within `margin` of an inner edge, then a linear ramp."""
-        d = torch.arange(length, dtype=torch.float64) + 0.5
-        ramp_len = max(self.overlap - 2 * self.margin, 1)
-        w = torch.ones(length, dtype=torch.float64)
-        if start > 0:
-            w *= ((d - self.margin) / ramp_len).clamp(0, 1)
-        if start + length < size:
-            w *= ((length - d - self.margin) / ramp_len).clamp(0, 1)
-        return w.float()
-
-    def owned(self, size: int) -> list[tuple[int, int]]:
-        """A partition of [0, size) into runs of multiples of 4, each run owned by the nearest window centre."""
-        starts = self.starts(size)
-        length = min(self.tile, size)
-        centres = [s + length / 2 for s in starts]
-        bounds = [0]
-        for a, b in zip(centres, centres[1:], strict=False):
-            bounds.append(int(4 * round((a + b) / 8)))
-        bounds.append(size)
-        return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]
-
-
-def receptive_radius(generator: Generator) -> int:
-    """A safe upper bound (input pixels) on how far the generator sees, with IN statistics frozen."""
-    r, stride = 0.0, 1.0
-    for m in generator.modules():
-        if isinstance(m, nn.ConvTranspose2d):
-            stride /= m.stride[0]
-            r += (m.kernel_size[0] // 2 + 1) * stride
-        elif isinstance(m, nn.Conv2d):
-            r += (m.kernel_size[0] - 1) // 2 * m.dilation[0] * stride
-            stride *= m.stride[0]
-    return int(math.ceil(r)) + 4  # + one stride-4 cell for grid alignment
-
-
-class _Stop(Exception):
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-
-def forward_with_stats(
-    generator: Generator, x: torch.Tensor, stats: Sequence[tuple[torch.Tensor, torch.Tensor]], stop: int | None = None
-) -> torch.Tensor:
-    """Run `generator` normalising IN layer k with the given (mean, var) per channel instead of its own.
-
-    With `stop=k` (k <= len(stats)), return the input of IN layer k instead (used to gather its statistics).
-    """
-    try:
-        out = run_modules(list(generator.model), x, stats, first=0, stop=stop)
-    except _Stop as s:
-        return s.x
-    if generator.config.learn_residual:
-        out = torch.clamp(x + out, -1.0, 1.0)
-    return out
-
-
-def run_modules(
-    modules: Sequence[nn.Module],
-    h: torch.Tensor,
-    stats: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    first: int,
-    stop: int | None = None,
-) -> torch.Tensor:
-    """Run a slice of a generator's top-level modules with frozen IN statistics.
-
-    `first` is the index of the first IN layer in the slice; reaching IN layer `stop` raises _Stop(input).
-    """
-    count = first
-
-    def run(seq: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
-        nonlocal count
-        for m in seq:
-            if isinstance(m, ResnetBlock):
-                h = h + run(m.conv_block, h)
-            elif isinstance(m, nn.InstanceNorm2d):
-                if count == stop:
-                    raise _Stop(h)
-                mean, var = stats[count]
-                count += 1
-                h = frozen_norm(h, mean, var, m.eps)
-            elif "InstanceNorm" in type(m).__name__:  # a fused kernel: cannot take frozen statistics
-                raise DeblurGANError("global-statistics tiling needs torch IN layers (kernels='torch')")
-            else:
-                h = m(h)
-        return h
-
-    return run(modules, h)
-
-
-def frozen_norm(h: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> torch.Tensor:
-    """Instance norm with given per-channel statistics, in fp32 whatever the input's dtype."""
-    h = h.float()
-    out = h - mean.to(h)[None, :, None, None]  # one new tensor: the input and the output, as nn.InstanceNorm2d
-    return out.mul_(torch.rsqrt(var.to(h) + eps)[None, :, None, None])
-
-
-def count_instance_norms(generator: nn.Module) -> int:
-    return sum(isinstance(m, nn.InstanceNorm2d) for m in generator.modules())
-
-
-def torch_generator(generator: Generator) -> Generator:
-    """`generator` itself if it uses torch IN layers, else a torch-kernel copy with the same weights."""
-    if generator.config.kernels == "torch":
-        return generator
-    p = next(generator.parameters())
-    copy = Generator(replace(generator.config, kernels="torch")).to(p.device, p.dtype)
-    copy.load_state_dict(generator.state_dict())
-    copy.train(generator.training)
-    for a, b in zip(copy.modules(), generator.modules(), strict=True):
-        a.training = b.training
-    return copy
 
 
 # --- the deblurrer --------------------------------------------------------------------------------------
@@ -550,7 +413,9 @@ class Deblurrer:
             if self._fits(height, width, batch):
                 return None
             tile = self._auto_tile(height, width, overlap)
-        if height <= tile and width <= tile:
+            if height <= tile and width <= tile and not self._banded():
+                return None
+        elif height <= tile and width <= tile:
             return None
         if self.tile_stats == "global":
             if overlap < 2 * margin_needed + 8:
@@ -573,24 +438,40 @@ class Deblurrer:
     def _auto_tile(self, height: int, width: int, overlap: int) -> int:
         """The window size for an image that does not fit whole.
 
-        Exact tiling on CPU: the largest balanced window whose activations plus every window's quarter-resolution
-        states (STATE_BYTES_PER_CHANNEL x ngf per window pixel) fit the bound, so each layer runs once per window;
-        if none does, half the bound for activations. Otherwise: the whole activation budget.
+        Exact tiling in bands on CPU: one window, the whole image (states that do not fit their share of the
+        bound are recomputed from earlier ones). Otherwise: the whole activation budget for one window.
         """
         budget, per_px = self._budget(height, width), self._bytes_per_pixel()
         largest = max(8, int(math.sqrt(budget / per_px)))
         if not self._shares_host_memory():
-            return _balanced_tile(height, width, largest, overlap)
+            return balanced_tile(height, width, largest, overlap)
         ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
-        for candidate in range(largest // 4 * 4, overlap + 8, -32):
-            tile = _balanced_tile(height, width, candidate, overlap)
-            windows = TilePlan(height, width, tile, overlap, 0).windows()
-            covered = sum((b - a) * (d - c) for a, b, c, d in windows)
-            if min(tile, height) * min(tile, width) * per_px + covered * STATE_BYTES_PER_CHANNEL * ngf <= budget:
+        state_px = STATE_BYTES_PER_CHANNEL * ngf
+        if self._banded():  # bands bound the activations; more windows would only add overlap to keep
+            return max(_round_up(height, 4), _round_up(width, 4))
+        for candidate in range(largest // 4 * 4, overlap + 8, -32):  # whole windows: activations + states
+            tile = balanced_tile(height, width, candidate, overlap)
+            covered = covered_pixels(TilePlan(height, width, tile, overlap, 0))
+            if min(tile, height) * min(tile, width) * per_px + covered * state_px <= budget:
                 return tile
             if tile <= 2 * overlap + 8:
                 break
-        return _balanced_tile(height, width, max(8, int(math.sqrt(budget / 2 / per_px))), overlap)
+        return balanced_tile(height, width, max(8, int(math.sqrt(budget / 2 / per_px))), overlap)
+
+    def _banded(self) -> bool:
+        """Exact tiling whose passes can run in bands of rows (the program knows each step's reach)."""
+        if self.tile_stats != "global":
+            return False
+        if isinstance(self.generator, Generator):
+            return True
+        program = getattr(self.runner, "program", None)
+        return callable(program) and getattr(program(), "reach", None) is not None
+
+    def _exact_split(self, height: int, width: int) -> tuple[int, int]:
+        """(kept states, one band's activations): the CPU bound's shares for exact tiling in bands."""
+        total = self._budget(height, width)
+        band = min(total // 3, BAND_BYTES_MAX)
+        return total - band, band
 
     def _exact_capable(self) -> bool:
         """A torch generator, or a runner made of segments that take IN statistics (export.onnx_stats)."""
@@ -644,15 +525,19 @@ class Deblurrer:
         bound = self.max_memory if self.max_memory is not None else CPU_MEMORY_BUDGET
         return max(bound - resident_memory(), bound // 8)
 
-    def _cache_budget(self, plan: TilePlan, batch: int) -> int:
+    def _exact_budgets(self, plan: TilePlan) -> tuple[int, int | None]:
+        """(bytes for kept window states, bytes for one band's activations) of exact tiling."""
+        shared = self._shares_host_memory()
+        states, band = self._exact_split(plan.height, plan.width) if shared else (0, self._budget())
         if self.cache_budget is not None:
-            return self.cache_budget
-        if self.memory_budget is not None and self.max_memory is None:
-            return available_memory() // 2
-        px = min(plan.tile, plan.height) * min(plan.tile, plan.width)
-        dev = torch.device(getattr(self.runner, "device", "cpu"))
-        activations = px * self._bytes_per_pixel() * batch if dev.type == "cpu" else 0
-        return max(self._host_bound() - IMAGE_BYTES_PER_PIXEL * plan.height * plan.width - activations, 0)
+            states = self.cache_budget
+        elif self.memory_budget is not None and self.max_memory is None:
+            states = available_memory() // 2
+        elif not shared:  # activations elsewhere (GPU): the host bound is the states'
+            states = max(self._host_bound() - IMAGE_BYTES_PER_PIXEL * plan.height * plan.width, 0)
+        if not self._banded():
+            band = None
+        return states, band
 
     def _window_batch(self, plan: TilePlan) -> int:
         """Windows per forward pass: at most batch_size, and only as many as the memory budget holds."""
@@ -667,45 +552,32 @@ class Deblurrer:
 
     def _run_tiled(self, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
         windows = plan.windows()
-        bs = self._window_batch(plan)
         return_freed_memory()
         if self.tile_stats == "global":
-            budget = self._cache_budget(plan, bs)
+            states, band = self._exact_budgets(plan)
             program, residual = self._program()
             ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
             cap = STATE_BYTES_PER_CHANNEL * ngf  # the quarter-resolution states; full-resolution ones are cheap to redo
-            outs = _ExactTiles(program, self.runner, x, plan, bs, budget, residual, state_cap=cap).run()
+            tiles = ExactTiles(program, self.runner, x, plan, states, residual, state_cap=cap, band_budget=band)
+            outs = tiles.outputs()
+            if len(windows) == 1:
+                return next(outs)  # the whole image: nothing to blend
         else:
+            bs = self._window_batch(plan)
             outs = (
-                self._run(torch.cat([x[..., a:b, c:d] for a, b, c, d in windows[i : i + bs]]))
+                o
                 for i in range(0, len(windows), bs)
+                for o in self._run(torch.cat([x[..., a:b, c:d] for a, b, c, d in windows[i : i + bs]])).split(1)
             )
         acc = torch.zeros(1, 3, plan.height, plan.width)
         wsum = torch.zeros(1, 1, plan.height, plan.width)
-        for (y0, y1, x0, x1), o in zip(windows, (o for batch in outs for o in batch), strict=True):
+        for (y0, y1, x0, x1), o in zip(windows, outs, strict=True):
             wy = plan.blend_weights(plan.height, y0, y1 - y0)
             wx = plan.blend_weights(plan.width, x0, x1 - x0)
             wt = wy[:, None] * wx[None, :]
-            acc[0, :, y0:y1, x0:x1] += o * wt
+            acc[..., y0:y1, x0:x1] += o * wt
             wsum[0, 0, y0:y1, x0:x1] += wt
         return acc.div_(wsum.clamp_min_(1e-12))
-
-
-def _balanced_tile(height: int, width: int, largest: int, overlap: int) -> int:
-    """The smallest tile (multiple of 4, <= largest when possible) with as few windows as `largest` gives.
-
-    Windows of the largest size that fits can cover far more than the image (6 windows of 2048 px over
-    4000x3000 cover 25 MP); the same number of windows, each just large enough, covers the least.
-    """
-    largest = max(largest // 4 * 4, overlap + 8)
-    tile = 8
-    for size in (height, width):
-        if size <= largest:
-            tile = max(tile, _round_up(size, 4))
-            continue
-        n = math.ceil((size - overlap) / (largest - overlap))
-        tile = max(tile, _round_up(math.ceil((size + (n - 1) * overlap) / n), 4))
-    return min(tile, max(_round_up(height, 4), _round_up(width, 4)))
 
 
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -744,228 +616,3 @@ def resident_memory() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError, AttributeError):
         return 0
-
-
-# --- exact tiling ----------------------------------------------------------------------------------------
-
-_Op = tuple[str, object]  # ("mod", module) | ("norm", (k, eps)) | ("push", None) | ("add", None)
-_State = tuple[torch.Tensor, tuple[torch.Tensor, ...]]  # (activation, pending ResBlock inputs)
-
-
-def generator_program(gen: Generator) -> list[_Op]:
-    """The generator as a flat list of steps, so a window's state can be kept and resumed between any two."""
-    ops: list[_Op] = []
-    count = 0
-
-    def walk(seq: Sequence[nn.Module]) -> None:
-        nonlocal count
-        for m in seq:
-            if isinstance(m, ResnetBlock):
-                ops.append(("push", None))
-                walk(m.conv_block)
-                ops.append(("add", None))
-            elif isinstance(m, nn.InstanceNorm2d):
-                ops.append(("norm", (count, m.eps)))
-                count += 1
-            elif "InstanceNorm" in type(m).__name__:  # a fused kernel: cannot take frozen statistics
-                raise DeblurGANError("global-statistics tiling needs torch IN layers (kernels='torch')")
-            else:
-                ops.append(("mod", m))
-
-    walk(gen.model)
-    return ops
-
-
-def run_program(
-    ops: Sequence[_Op], state: _State, start: int, stop: int, stats: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> _State:
-    """Run steps [start, stop) of a generator program with frozen IN statistics."""
-    h, skips = state
-    for kind, arg in ops[start:stop]:
-        if kind == "mod":
-            h = arg(h)  # type: ignore[operator]
-        elif kind == "norm":
-            k, eps = arg  # type: ignore[misc]
-            h = frozen_norm(h, *stats[k], eps)
-        elif kind == "push":
-            skips = (*skips, h)
-        else:
-            h, skips = skips[-1] + h, skips[:-1]
-    return h, skips
-
-
-class TorchProgram:
-    """A generator program as steps for exact tiling: `run(state, start, stop, stats)`, `n_steps`, `norm_at`."""
-
-    def __init__(self, gen: Generator) -> None:
-        self.ops = generator_program(gen)
-        self.n_steps = len(self.ops)
-        self.norm_at = [i for i, (kind, _) in enumerate(self.ops) if kind == "norm"]  # state before: IN k's input
-
-    def run(self, state: _State, start: int, stop: int, stats: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _State:
-        return run_program(self.ops, state, start, stop, stats)
-
-
-def _state_bytes(state: _State) -> int:
-    seen: dict[int, int] = {}
-    for t in (state[0], *state[1]):
-        seen[t.data_ptr()] = t.numel() * t.element_size()
-    return sum(seen.values())
-
-
-class _ExactTiles:
-    """Tiles with whole-image IN statistics, gathered layer by layer (see the module docstring).
-
-    Pass k runs every window up to the input of IN layer k. Each window keeps, in host memory, its state at
-    the furthest step of the generator program that fits in `cache_budget` bytes (all windows together),
-    ideally the input of the IN layer the next pass needs, so the next pass resumes there: with room for
-    the quarter-resolution states (about 128 bytes per window pixel in fp32: the activation and the
-    ResBlock's input) every layer runs once per window. Earlier states are recomputed when they do not fit.
-    Keeping states changes the cost, never the numbers.
-    """
-
-    def __init__(
-        self,
-        program,
-        runner,
-        x: torch.Tensor,
-        plan: TilePlan,
-        bs: int,
-        cache_budget: int,
-        learn_residual=None,
-        state_cap: float | None = None,
-    ) -> None:
-        if isinstance(program, Generator):
-            learn_residual = program.config.learn_residual if learn_residual is None else learn_residual
-            program = TorchProgram(program)
-        self.program, self.learn_residual = program, bool(learn_residual)
-        self.runner, self.x, self.plan, self.bs = runner, x, plan, bs
-        self.windows = plan.windows()
-        self.n_steps = program.n_steps
-        self.norm_at = list(program.norm_at)
-        self.n_in = len(self.norm_at)
-        self.budget = cache_budget
-        self.step_bytes = self._bytes_per_window_pixel()
-        if state_cap is not None:  # states larger than this per window pixel are recomputed, never kept
-            self.step_bytes = [b if b <= state_cap else math.inf for b in self.step_bytes]
-        n = len(self.windows)
-        self.pos = [0] * n  # per window: the program step its kept state is at (0: the input, not kept)
-        self.state: list[_State | None] = [None] * n
-        self.used = 0  # bytes of kept states
-        self.total_px = sum(self._window_px(j) for j in range(n))
-        self.peak_cached = 0
-        self.steps_run = 0  # program steps run over all windows and passes (a cost measure for tests)
-
-    @property
-    def cache_at(self) -> int:
-        """The earliest step any window resumes from (0: some window starts from its input)."""
-        return min(self.pos)
-
-    def run(self) -> list[torch.Tensor]:
-        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for k in range(self.n_in):
-            stats.append(self._stats_of(k, stats))
-        outs: list[torch.Tensor | None] = [None] * len(self.windows)
-        for group in self._groups():
-            with torch.inference_mode(), _autocast(self.runner):
-                h, _ = self._advance(group, self.n_steps, stats, keep=False)
-                if self.learn_residual:
-                    h = torch.clamp(self._input(group) + h, -1.0, 1.0)
-            for j, o in zip(group, h.float().cpu().split(1), strict=True):
-                outs[j] = o
-            for j in group:
-                self.state[j] = None
-        return outs  # type: ignore[return-value]  # one 1 x 3 x h x w tensor per window, in window order
-
-    def _bytes_per_window_pixel(self) -> list[float]:
-        """Host bytes of a window's state before each program step, per window pixel (a dry run at 16x16)."""
-        size = 16
-        x = torch.zeros(1, 3, size, size, device=self.runner.device)
-        out: list[float] = [0.0]  # the input is not kept (it is cut from the image again)
-        state: _State = (x, ())
-        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-        with torch.inference_mode(), _autocast(self.runner):
-            for i in range(self.n_steps):
-                if i in self.norm_at:  # any statistics do for sizes: this window's own
-                    h = state[0].double()
-                    stats.append((h.mean((0, 2, 3)).float(), h.var((0, 2, 3), unbiased=False).float()))
-                state = self.program.run(state, i, i + 1, stats)
-                out.append(_state_bytes(state) / (size * size))
-        return out
-
-    def _groups(self) -> list[list[int]]:
-        """Windows in batches of at most `bs` that resume from the same step."""
-        by_pos: dict[int, list[int]] = {}
-        for j in range(len(self.windows)):
-            by_pos.setdefault(self.pos[j], []).append(j)
-        return [idx[i : i + self.bs] for idx in by_pos.values() for i in range(0, len(idx), self.bs)]
-
-    def _input(self, group: list[int]) -> torch.Tensor:
-        batch = torch.cat([self.x[..., a:b, c:d] for a, b, c, d in (self.windows[j] for j in group)])
-        return batch.to(self.runner.device, self.runner.dtype)
-
-    def _window_px(self, j: int) -> int:
-        a, b, c, d = self.windows[j]
-        return (b - a) * (d - c)
-
-    def _advance(self, group: list[int], stop: int, stats: list, keep: bool = True) -> _State:
-        """Run a group of windows from their kept step to `stop`, keeping each one's state at the furthest
-        step <= stop that fits the budget (when `keep`). Returns the batched state at `stop`."""
-        start = self.pos[group[0]]
-        if start == 0:
-            state: _State = (self._input(group), ())
-        else:
-            parts = [self.state[j] for j in group]
-            state = (
-                torch.cat([p[0] for p in parts]).to(self.runner.device),  # type: ignore[index]
-                tuple(
-                    torch.cat(t).to(self.runner.device)
-                    for t in zip(*(p[1] for p in parts), strict=True)  # type: ignore[index]
-                ),
-            )
-        old = sum(_state_bytes(self.state[j]) for j in group if self.state[j] is not None)  # type: ignore[arg-type]
-        px = sum(self._window_px(j) for j in group)
-        room = self.budget * px / self.total_px  # every window's fair share: none falls back to its input
-        to = start
-        if keep:
-            to = max((i for i in range(start, stop + 1) if self.step_bytes[i] * px <= room), default=start)
-        if to > start or (start > 0 and self.step_bytes[start] * px > room):
-            for j in group:  # the old states are released as the group moves on
-                self.state[j], self.pos[j] = None, 0
-            self.used -= old
-        if to > start:
-            state = self.program.run(state, start, to, stats)
-            self.steps_run += (to - start) * len(group)
-            for n, j in enumerate(group):
-                h = state[0][n : n + 1].cpu().clone()
-                skips = tuple(h if t is state[0] else t[n : n + 1].cpu().clone() for t in state[1])
-                self.state[j], self.pos[j] = (h, skips), to
-                self.used += _state_bytes((h, skips))
-            self.peak_cached = max(self.peak_cached, self.used)
-            start = to
-        self.steps_run += (stop - start) * len(group)
-        return self.program.run(state, start, stop, stats)
-
-    def _stats_of(self, k: int, stats: list) -> tuple[torch.Tensor, torch.Tensor]:
-        at = self.norm_at[k]
-        rows, cols = self.plan.owned(self.plan.height), self.plan.owned(self.plan.width)
-        nx = len(self.plan.starts(self.plan.width))
-        s1 = s2 = None
-        n = 0
-        for group in self._groups():
-            with torch.inference_mode(), _autocast(self.runner):
-                act, _ = self._advance(group, at, stats)
-            for j, a in zip(group, act, strict=True):
-                y0, y1, x0, _ = self.windows[j]
-                (r0, r1), (c0, c1) = rows[j // nx], cols[j % nx]
-                f = (y1 - y0) // a.shape[-2]  # this layer's downsampling factor
-                part = a[:, (r0 - y0) // f : (r1 - y0) // f, (c0 - x0) // f : (c1 - x0) // f].float()
-                ps1 = part.sum(dim=(1, 2), dtype=torch.float64)
-                ps2 = torch.cat(  # squares 16 channels at a time: no full-size temporary
-                    [c.square().sum(dim=(1, 2), dtype=torch.float64) for c in part.split(16)]
-                )
-                s1, s2 = (ps1, ps2) if s1 is None else (s1 + ps1, s2 + ps2)
-                n += part.shape[1] * part.shape[2]
-        mean = s1 / n
-        var = (s2 / n - mean * mean).clamp_min(0)
-        return mean.float(), var.float()

@@ -285,6 +285,13 @@ def _note_tiling(deblurrer, height: int, width: int) -> None:
         return
     _NOTED.add((height, width))
     n = len(plan.windows())
+    if deblurrer.tile_stats == "global" and n == 1:
+        print(
+            f"note: {width}x{height} runs in bands of rows within --max-memory (whole-image IN statistics: exact; "
+            "each layer runs about once per pixel while the kept states fit, earlier layers are recomputed otherwise)",
+            file=sys.stderr,
+        )
+        return
     if deblurrer.tile_stats == "global":
         how = (
             "whole-image IN statistics: exact; each layer runs once per tile while the tiles' kept states fit "

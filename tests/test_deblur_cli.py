@@ -147,6 +147,17 @@ def test_tile_option_matches_untiled(ckpt, tmp_path, capsys):
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
+def test_small_max_memory_runs_in_bands_and_matches_untiled(ckpt, tmp_path, capsys):
+    """A bound too small for the image: one window in bands of rows, the same pixels as untiled."""
+    img = RNG.integers(0, 256, (94, 146, 3), dtype=np.uint8)  # a size no other test notes (noted once per size)
+    write_image(tmp_path / "big.png", img)
+    main([str(tmp_path / "big.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "a")])
+    main([str(tmp_path / "big.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--max-memory", "8M"])
+    assert "note: 146x94 runs in bands of rows within --max-memory" in capsys.readouterr().err
+    a, b = read_image(tmp_path / "a" / "big.png"), read_image(tmp_path / "b" / "big.png")
+    assert np.abs(a.astype(int) - b).max() <= 1
+
+
 def _video(path: Path, n: int = 5, h: int = 24, w: int = 32, fps: int = 12) -> list[np.ndarray]:
     from deblurgan.video import VideoWriter
 

@@ -378,56 +378,34 @@ def test_windows_per_pass_respect_the_memory_budget():
     assert max(s[0] for s in runner.calls) == 1
 
 
-def test_exact_tiling_cache_changes_cost_not_numbers(gen):
-    """Kept window states (all, some within a budget, none) change the cost, never the numbers."""
-    from deblurgan.inference import _ExactTiles
-
-    x = torch.rand(1, 3, 150, 190) * 2 - 1
-    runner = TorchRunner(gen, precision="fp32")
-    xp = pad_to_multiple(x)
-    plan = Deblurrer(runner=runner, tile=128).plan(*xp.shape[-2:])
-    n = len(plan.windows())
-    results, steps = {}, {}
-    for name, budget in (("all", 2**30), ("some", 12 * 4 * 128 * 128), ("none", 0)):
-        tiles = _ExactTiles(gen, runner, xp, plan, 2, cache_budget=budget)
-        results[name] = Deblurrer(runner=runner, tile=128, cache_budget=budget).deblur_tensor(x)
-        tiles.run()
-        steps[name] = tiles.steps_run
-        assert tiles.peak_cached <= budget
-    assert steps["all"] == tiles.n_steps * n  # every step of the generator runs once per window
-    assert steps["all"] < steps["some"] < steps["none"]
-    torch.testing.assert_close(results["all"], results["none"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(results["some"], results["none"], atol=1e-6, rtol=0)
-
-
 def test_default_memory_bound_covers_kept_states(gen, monkeypatch):
-    """max_memory bounds activations + kept states + image buffers: a small bound tiles and keeps less."""
+    """max_memory bounds kept states + one band's activations + image buffers; the image runs as one window."""
     import deblurgan.inference as inf
 
     monkeypatch.setattr(inf, "resident_memory", lambda: 0)
     runner = TorchRunner(gen, precision="fp32")
     per_px = gen.config.ngf * ACTIVATION_BYTES_PER_CHANNEL
-    bound = 200 * 200 * per_px
-    d = Deblurrer(runner=runner, max_memory=bound)
-    assert d.plan(160, 160) is None  # fits whole
-    plan = d.plan(400, 400)
-    assert plan is not None and len(plan.windows()) > 1
-    tile_px = min(plan.tile, 400) ** 2
-    assert tile_px * per_px <= bound // 2 + per_px * 8 * 400  # the activations' half of the bound
-    assert d._cache_budget(plan, 1) <= bound - tile_px * per_px
+    image = inf.IMAGE_BYTES_PER_PIXEL * 400 * 400
+    assert Deblurrer(runner=runner, max_memory=image + 200 * 200 * per_px).plan(160, 160) is None  # fits whole
+    for bound in (image + 400 * 400 * per_px // 2, image + 400 * 400 * per_px // 20):
+        d = Deblurrer(runner=runner, max_memory=bound)
+        plan = d.plan(400, 400)
+        assert plan is not None and len(plan.windows()) == 1
+        states, band = d._exact_budgets(plan)
+        assert 0 < band and 0 < states and states + band <= bound - image
     with pytest.raises(DeblurGANError, match="max_memory"):
         Deblurrer(runner=runner, max_memory=0)
 
 
 def test_balanced_tiles_cover_little_more_than_the_image():
     """Windows just large enough for their count: 4000x3000 in 2048 px windows would cover 25 MP."""
-    from deblurgan.inference import _balanced_tile
+    from deblurgan.tiling import balanced_tile
 
-    tile = _balanced_tile(3000, 4000, 2048, 192)
+    tile = balanced_tile(3000, 4000, 2048, 192)
     plan = TilePlan(3000, 4000, tile, 192, 91)
     covered = sum((b - a) * (d - c) for a, b, c, d in plan.windows())
     assert len(plan.windows()) == 6 and covered < 1.3 * 12e6 and tile <= 2048  # square windows of 1596 px
-    assert _balanced_tile(100, 120, 2048, 192) == 120  # one window
+    assert balanced_tile(100, 120, 2048, 192) == 120  # one window
 
 
 def test_memory_budget_shrinks_the_batch_before_tiling():
