@@ -437,6 +437,12 @@ def section_group(res: Results, group: str) -> list[str]:
     return lines + [""]
 
 
+def _photo_layout(e: dict) -> str:
+    if e.get("tile_px"):
+        return f"{e.get('tiles', '?')} of {e.get('tile_px')} px"
+    return "1 window in bands" if e.get("bands") else "untiled"
+
+
 def section_large_photo(res: Results) -> list[str]:
     """A large photo through `python -m engine.deblur`: peak resident memory and wall time vs one untiled pass."""
     rows = res.group("large-photo")
@@ -451,8 +457,9 @@ def section_large_photo(res: Results) -> list[str]:
         body.append(
             [
                 f"{hw[1]}×{hw[0]} ({hw[0] * hw[1] / 1e6:.1f} MP)",
+                str(e.get("runtime", "torch")),
                 r.dtype,
-                f"{e.get('tiles', '?')} of {e.get('tile_px')} px" if e.get("tile_px") else "untiled",
+                _photo_layout(e),
                 str(e.get("max_memory", "default")),
                 f"{e['peak_rss_bytes'] / 1e9:.2f} GB" if e.get("peak_rss_bytes") else "-",
                 f"{e['wall_s']:.1f} s" if e.get("wall_s") else "-",
@@ -460,13 +467,15 @@ def section_large_photo(res: Results) -> list[str]:
                 f"{ratio:.2f}×" if ratio else "-",
             ]
         )
-    header = ["photo", "precision", "tiles", "--max-memory", "peak RSS", "wall", "untiled fp32 pass (est.)", "ratio"]
+    header = ["photo", "runtime", "precision", "tiles", "--max-memory", "peak RSS", "wall"]
+    header += ["untiled torch fp32 pass (est.)", "ratio"]
     lines += _table(header, body)
     lines += [
         "",
         "One run of `python -m engine.deblur PHOTO.jpg` in a child process (JPEG decode, model, encode): peak",
         "resident memory from os.wait4, wall time from the host clock. The untiled fp32 pass is estimated from one",
-        "fp32 forward at the reference size in the benchmark process, scaled by pixel count.",
+        "torch fp32 forward at the reference size in the benchmark process, scaled by pixel count. onnx-stats:",
+        "`--runtime onnx` on the generator exported by `python -m export.onnx_stats` (exact tiling in ONNX Runtime).",
     ]
     if not all(r.extra.get("full_size") for r in rows):
         lines += ["", "**A small stand-in photo and model: shows that the harness runs, not a 12 MP result.**"]

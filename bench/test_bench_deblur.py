@@ -11,11 +11,13 @@ Also the 16-bit PNG codec (numpy + zlib) on one 512x512 RGB image.
 
 Large photo (`test_bench_large_photo`): a 4000x3000 JPEG (scikit-image's astronaut, resized) through
 `python -m engine.deblur` with default settings (exact tiling within the default memory bound, precision auto),
-in a child process: its peak resident memory (`os.wait4`) and wall time, beside an estimate of one untiled
+in a child process: its peak resident memory (`os.wait4`) and wall time, beside an estimate of one untiled torch
 fp32 pass at that size (one 1280x720 fp32 forward in this process, scaled by pixel count: the generator's work
-is proportional to it). Runs at full size with DEBLURGAN_BENCH_FULL=1 only (random full-size weights until a
-trained model ships; tens of minutes on a 2-core CPU); otherwise a 300x400 photo through a small generator with
-`--tile 160`, which only shows that the harness works. DEBLURGAN_BENCH_MAX_MEMORY (e.g. 2G) adds --max-memory.
+is proportional to it). Twice: the default torch runtime, and `--runtime onnx` on the same weights exported by
+`export.onnx_stats` (ONNX Runtime's exact tiling). Runs at full size with DEBLURGAN_BENCH_FULL=1 only (random
+full-size weights until a trained model ships; about 6 minutes each on a 2-core CPU); otherwise a 300x400 photo
+through a small generator with `--tile 160`, which only shows that the harness works. DEBLURGAN_BENCH_MAX_MEMORY
+(e.g. 2G) adds --max-memory.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def _untiled_estimate_s(gen: Generator, height: int, width: int) -> tuple[float,
 
 
 @pytest.mark.skipif(on_gpu(), reason="a CPU measurement (host memory of the default CPU path)")
-def test_bench_large_photo(benchmark, tmp_path) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "onnx-stats"])  # the default; ONNX Runtime's exact segments
+def test_bench_large_photo(benchmark, tmp_path, runtime: str) -> None:
     height, width = (3000, 4000) if full_size() else (300, 400)
     torch.manual_seed(0)
     gen = Generator(GeneratorConfig() if full_size() else GeneratorConfig(ngf=8, n_blocks=1)).eval()
@@ -158,7 +161,14 @@ def test_bench_large_photo(benchmark, tmp_path) -> None:
             p.add_(torch.randn_like(p) * 0.01)
     ckpt = save_generator(gen, tmp_path / "g.pt")
     photo = _photo(tmp_path / "photo.jpg", height, width)
-    argv = [sys.executable, "-m", "engine.deblur", str(photo), "--checkpoint", str(ckpt), "--no-progress"]
+    argv = [sys.executable, "-m", "engine.deblur", str(photo), "--no-progress"]
+    if runtime == "onnx-stats":
+        pytest.importorskip("onnxruntime")
+        from export.onnx_stats import export_stats
+
+        argv += ["--runtime", "onnx", "--model", str(export_stats(gen, tmp_path / "stats"))]
+    else:
+        argv += ["--checkpoint", str(ckpt)]
     argv += [] if full_size() else ["--tile", "160"]
     if os.environ.get("DEBLURGAN_BENCH_MAX_MEMORY"):
         argv += ["--max-memory", os.environ["DEBLURGAN_BENCH_MAX_MEMORY"]]
@@ -172,7 +182,7 @@ def test_bench_large_photo(benchmark, tmp_path) -> None:
         assert (out / "photo.jpg").is_file()
 
     benchmark.group = "large-photo"
-    measure(benchmark, deblur_photo, rounds=1, warmup=0, case=f"deblur {width}x{height} JPEG", backend="engine.deblur")
+    measure(benchmark, deblur_photo, rounds=1, warmup=0, case=f"deblur {width}x{height} JPEG", backend=runtime)
     run = runs[-1]
     estimate, ref_h, ref_w = _untiled_estimate_s(gen, height, width)
     note = re.search(r"runs in (\d+) tiles of (\d+) px", run["stderr"])
@@ -188,6 +198,8 @@ def test_bench_large_photo(benchmark, tmp_path) -> None:
         ratio_to_untiled=run["wall_s"] / estimate,
         tiles=int(note.group(1)) if note else 1,
         tile_px=int(note.group(2)) if note else None,
+        bands="runs in bands of rows" in run["stderr"],  # one window, each pass in bands (exact tiling)
         max_memory=os.environ.get("DEBLURGAN_BENCH_MAX_MEMORY", "default"),
         full_size=full_size(),
+        runtime=runtime,
     )

@@ -427,7 +427,10 @@ class ExactTiles:
                     m = ops[i][1]
                     cols = m.out_channels * m.kernel_size[0] * m.kernel_size[1] * before[0, 0].numel() * 4
                 out = state[0]
-                work.append((out.numel() * out.element_size() + cols) / (size * size))
+                made = out.numel() * out.element_size() + cols
+                if ops is None:  # an opaque segment (ONNX): a few tensors of its input's or output's size inside
+                    made = 4 * max(made, before.numel() * before.element_size())
+                work.append(made / (size * size))
                 kept.append(_state_bytes(state) / (size * size))
                 ok.append(scale is None or out.shape[-2] * scale[i + 1] == size)
         return kept, work, ok

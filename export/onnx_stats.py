@@ -8,8 +8,9 @@ A plain ONNX graph normalises every tile by itself, so tiles differ from the who
 ResBlock it is inside) and, for k > 0, the statistics (per-channel mean and biased variance) of IN layer k-1,
 which it applies first, in fp32; it returns the state before IN layer k (the last segment returns the output).
 `deblurgan.inference.Deblurrer` runs the segments with the same layer-by-layer whole-image statistics and kept
-window states as the torch runtime, so tiled equals untiled up to float rounding, with memory bounded by the
-window size. The folder holds `segment_NN.onnx` and `deblurgan_stats.json` (the manifest).
+states as the torch runtime, in bands of rows (the manifest's per-segment `reach` and `scale`), so tiled equals
+untiled up to float rounding, with memory bounded by the band and the kept states. The folder holds
+`segment_NN.onnx` and `deblurgan_stats.json` (the manifest).
 """
 
 from __future__ import annotations
@@ -32,8 +33,15 @@ from torch import nn
 from deblurgan.cli import run_cli
 from deblurgan.config import config_to_dict
 from deblurgan.errors import DeblurGANError, first_line
-from deblurgan.inference import frozen_norm, generator_program, receptive_radius, torch_generator
 from deblurgan.networks import Generator
+from deblurgan.tiling import (
+    frozen_norm,
+    generator_program,
+    program_geometry,
+    receptive_radius,
+    spoiled,
+    torch_generator,
+)
 
 MANIFEST = "deblurgan_stats.json"
 FORMAT = "deblurgan-onnx-stats"
@@ -80,6 +88,15 @@ def segments(gen: Generator) -> list[tuple[Segment, int, int]]:
     return out
 
 
+def segment_geometry(gen: Generator) -> tuple[list[int], list[int]]:
+    """Per segment boundary the state's downsampling factor, and per segment its reach (input px spoiled next to
+    a cut): what lets `deblurgan.tiling.ExactTiles` run each pass in bands of rows."""
+    ops = generator_program(torch_generator(gen).eval())
+    scale, reach = program_geometry(ops)
+    bounds = [0, *[i for i, (kind, _) in enumerate(ops) if kind == "norm"], len(ops)]
+    return [scale[b] for b in bounds], [spoiled(scale, reach, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 def export_stats(gen: Generator, out: str | os.PathLike) -> Path:
     """Write the segment graphs and the manifest to the folder `out` (replaced whole, atomically renamed)."""
     out = Path(out)
@@ -96,6 +113,7 @@ def export_stats(gen: Generator, out: str | os.PathLike) -> Path:
             "generator_config": config_to_dict(gen.config),
             "segments": [],
         }
+        manifest["scale"], manifest["reach"] = segment_geometry(gen)
         h = torch.rand(1, gen.config.in_channels, 16, 16) * 2 - 1
         state: tuple[torch.Tensor, ...] = (h,)
         for k, (seg, d_in, d_out) in enumerate(segments(gen)):
@@ -141,6 +159,8 @@ class _Program:
         self.runner = runner
         self.n_steps = len(runner.sessions)
         self.norm_at = list(range(1, self.n_steps))
+        self.scale: list[int] | None = runner.manifest.get("scale")  # absent in older exports: whole windows
+        self.reach: list[int] | None = runner.manifest.get("reach")
 
     def run(self, state, start: int, stop: int, stats) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         h, skips = state

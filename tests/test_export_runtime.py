@@ -118,9 +118,11 @@ def test_deblurrer_gives_same_image_with_onnx_runner(artifacts):
     assert np.abs(got.astype(int) - image.astype(int)).mean() > 1  # the model did something
 
 
-def test_onnx_stats_model_tiles_exactly(artifacts, tmp_path):
+def test_onnx_stats_model_tiles_exactly(artifacts, tmp_path, monkeypatch):
     """export.onnx_stats: IN statistics as inputs, so ONNX Runtime tiles like the torch runtime (exact)."""
     pytest.importorskip("onnxruntime")
+    import deblurgan.inference as inf
+    import deblurgan.tiling as tiling
     from deblurgan.checkpoint import load_generator
     from export.onnx_stats import OnnxStatsRunner, export_stats
 
@@ -138,6 +140,14 @@ def test_onnx_stats_model_tiles_exactly(artifacts, tmp_path):
     assert (d.deblur_tensor(x) - untiled).abs().max() < 1e-3  # exact tiling through the segments
     kept_none = Deblurrer(runner=runner, tile=128, cache_budget=0).deblur_tensor(x)
     assert (kept_none - untiled).abs().max() < 1e-3
+    monkeypatch.setattr(inf, "resident_memory", lambda: 0)
+    bands: list[int] = []
+    real_bands = tiling.ExactTiles._bands
+    monkeypatch.setattr(tiling.ExactTiles, "_bands", lambda *a: bands.append(len(real_bands(*a))) or real_bands(*a))
+    small = Deblurrer(runner=runner, max_memory=152 * 192 * (inf.IMAGE_BYTES_PER_PIXEL + 300))
+    assert len(small.plan(152, 192).windows()) == 1
+    assert (small.deblur_tensor(x) - untiled).abs().max() < 1e-3  # one window in bands, from the manifest's reach
+    assert max(bands) > 1
     plain = Deblurrer(runner=load_runner(onnx_path, "onnx"), tile=128).deblur_tensor(x)  # per-tile statistics
     assert (plain - untiled).abs().max() > 1e-2
     with pytest.raises(DeblurGANError, match="not a folder written by export.onnx_stats"):
