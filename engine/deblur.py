@@ -81,7 +81,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         type=parse_bytes,
         metavar="SIZE",
         help="bound of the host memory a large image may take on CPU, e.g. 4G or 512M (default 4G): "
-        "larger images run in smaller tiles",
+        "a larger image runs in bands of rows (exact) or smaller tiles",
     )
     p.add_argument("--test-time-dropout", action="store_true", help="keep dropout on (the paper's inference)")
     p.add_argument("--seed", type=int, help="seed for --test-time-dropout")
