@@ -1,15 +1,16 @@
 """Generator inference per deploy backend: eager fp32/bf16/fp16, torch.compile, AOTInductor, onnxruntime, TensorRT.
 
-Run: `pytest bench/test_bench_inference.py --benchmark`. On CUDA: the full generator (11.4 M params) at
-256x256 and 1280x720, batch 1 and 8, except torch.compile: 1280x720 batch 1 only (see below). On CPU: eager
-fp32 and bf16 (`TorchRunner(precision="bf16")`: autocast, instance norm in fp32), onnxruntime, AOTInductor fp32
-and bf16 (the same autocast inside the compiled graph; skipped where it does not compile); a small generator
-(ngf=8, 1 block) at tiny stand-in sizes, batch 1, about a minute; `DEBLURGAN_BENCH_FULL=1` runs the full
-generator at 1280x720, batch 1, on CPU too (minutes; more where bf16 is not native: emulated bf16 is slower
-than fp32). Each row records `ms_per_frame`, `fps` and `flop` (the report derives GFLOP/s and the share of the
-matmul ceiling of its dtype). Every case runs once before timing (compiles, loads, autotunes) and that output
-is checked against eager fp32 first (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA where convolutions
-may use TF32; fp16/bf16 backends: >= 40 dB PSNR on random inputs): a wrong backend is never timed.
+Run: `pytest bench/test_bench_inference.py --benchmark`. On CUDA: the full generator (11.4 M params) at 256x256 and
+1280x720, batch 1 and 8, except torch.compile: 1280x720 batch 1 only (see below). On CPU: eager fp32 and bf16
+(`TorchRunner(precision="bf16")`: autocast, instance norm in fp32), onnxruntime, AOTInductor fp32 and bf16 (the same
+autocast inside the compiled graph; skipped where it does not compile); a small generator (ngf=8, 1 block) at tiny
+stand-in sizes, batch 1, about a minute; `DEBLURGAN_BENCH_FULL=1` runs the full generator at 1280x720, batch 1, on
+CPU too (minutes; the bf16 rows are skipped where the CPU has no native bf16: emulated bf16 is slower than fp32 and
+its time says nothing of the bf16 path). Each row records `ms_per_frame`, `fps` and `flop` (the report derives
+GFLOP/s and the share of the matmul ceiling of its dtype). Every case runs once before timing (compiles, loads,
+autotunes) and that output is checked against eager fp32 first (fp32 backends: <= 1e-4 max abs on CPU, 1e-2 on CUDA
+where convolutions may use TF32; fp16/bf16 backends: >= 40 dB PSNR on random inputs): a wrong backend is never
+timed.
 
 Compile / export / engine builds happen once per backend, untimed, and are expected to be slow on CUDA (not
 measured yet; on the 2-core CPU an AOTInductor build of the full model takes about 2 minutes): the cheap backends
@@ -39,6 +40,7 @@ from bench.timing import device, measure, on_gpu, pick, size_label, sizes, tf32_
 from deblurgan.config import GeneratorConfig
 from deblurgan.inference import TorchRunner, keep_norms_fp32
 from deblurgan.networks import Generator
+from deblurgan.precision import cpu_has_native_bf16
 
 FULL = on_gpu() or os.environ.get("DEBLURGAN_BENCH_FULL") == "1"
 BATCHES = pick(cpu=[1], cuda=[1, 8])
@@ -73,6 +75,8 @@ def generator() -> Generator:
 def runner(backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Build (untimed) a callable for `backend`; skips when its library or device is missing."""
     g = generator()
+    if FULL and not on_gpu() and LOW_PRECISION.get(backend) == "bfloat16" and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX): emulated bf16 is slower than fp32, not timed")
     if backend == "eager":
         return lambda x: g(x)
     if backend == "eager-fp16":

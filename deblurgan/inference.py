@@ -558,7 +558,8 @@ class Deblurrer:
             program, residual = self._program()
             ngf = self.generator.config.ngf if isinstance(self.generator, Generator) else 64
             cap = STATE_BYTES_PER_CHANNEL * ngf  # the quarter-resolution states; full-resolution ones are cheap to redo
-            tiles = ExactTiles(program, self.runner, x, plan, states, residual, state_cap=cap, band_budget=band)
+            work_cap = self._bytes_per_pixel()
+            tiles = ExactTiles(program, self.runner, x, plan, states, residual, cap, band, work_cap)
             outs = tiles.outputs()
             if len(windows) == 1:
                 return next(outs)  # the whole image: nothing to blend

@@ -337,7 +337,8 @@ class ExactTiles:
     cache_budget: host bytes for kept window states (all windows; a state that does not fit is recomputed
     from an earlier one, or the input: the cost changes, never the numbers). band_budget: bytes of
     activations one band may take (None: a band is a whole window). state_cap: states larger than this many
-    bytes per window pixel are never kept (the cheap full-resolution ones).
+    bytes per window pixel are never kept (the cheap full-resolution ones). work_cap: the model's peak bytes per
+    pixel for a whole forward, which bounds a long run of steps' estimate (recomputing from the input).
     """
 
     def __init__(
@@ -350,6 +351,7 @@ class ExactTiles:
         learn_residual: bool | None = None,
         state_cap: float | None = None,
         band_budget: float | None = None,
+        work_cap: float | None = None,
     ) -> None:
         if isinstance(program, Generator):
             learn_residual = program.config.learn_residual if learn_residual is None else learn_residual
@@ -362,6 +364,7 @@ class ExactTiles:
         self.n_in = len(self.norm_at)
         self.budget = cache_budget
         self.band_budget = band_budget if getattr(program, "reach", None) is not None else None
+        self.work_cap = work_cap  # bytes per pixel no run of steps exceeds (a whole forward's measured peak)
         self.step_bytes, self.work, self.shape_ok = self._dry_run()
         self.scale = list(getattr(program, "scale", None) or [1] * (self.n_steps + 1))
         self.reach = list(getattr(program, "reach", None) or [0] * self.n_steps)
@@ -445,7 +448,8 @@ class ExactTiles:
         height, width = y1 - y0, x1 - x0
         if self.band_budget is None:
             return [(0, height)]
-        per_px = 12 + self.step_bytes[start] + sum(self.work[start:stop])  # input slab + everything allocated
+        made = sum(self.work[start:stop])  # everything the steps allocate, or at most a whole forward's peak
+        per_px = 12 + self.step_bytes[start] + (made if self.work_cap is None else min(made, self.work_cap))
         rows = int(self.band_budget / (per_px * width)) - 2 * halo
         rows = max(4, min(height, rows // 4 * 4))
         n = math.ceil(height / rows)

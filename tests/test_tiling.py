@@ -104,6 +104,20 @@ def test_kept_rows_are_freed_as_bands_pass(gen, monkeypatch):
     assert peak() > 1.6
 
 
+def test_work_cap_makes_recomputing_bands_taller(gen):
+    """With nothing kept, pass k reruns every earlier layer: its estimate is capped at a whole forward's peak."""
+    x = torch.rand(1, 3, 200, 64, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    counts = []
+    for cap in (None, 8 * 18):  # ngf x ACTIVATION_BYTES_PER_CHANNEL, as the Deblurrer passes it
+        h, w = x.shape[-2:]
+        plan = TilePlan(h, w, 256, 64, 31)
+        runner = TorchRunner(gen, precision="fp32")
+        tiles = ExactTiles(gen, runner, x, plan, 0, band_budget=400_000, work_cap=cap)
+        torch.testing.assert_close(_blend(tiles), _untiled(gen, x), atol=TOL, rtol=0)
+        counts.append(tiles.bands_run)
+    assert counts[1] < counts[0]
+
+
 def test_rows_cut_across_chunks():
     t = torch.arange(2 * 3 * 10 * 4, dtype=torch.float32).reshape(2, 3, 10, 4)
     rows = _Rows()
