@@ -15,8 +15,8 @@ and normalisation in fp32.
 
 Tiling (`deblurgan.tiling`). An image whose activations do not fit the memory bound runs in pieces. With a torch
 runner the default `tile_stats="global"` is exact: every instance-norm layer's statistics are gathered over the
-whole image, layer by layer, and each pass runs in bands of rows cut from kept states (in as few windows as the
-states' memory allows: one for a 12 MP photo within 4 GiB). `tile_stats="tile"` normalises each window by
+whole image, layer by layer, and each pass runs in bands of rows cut from kept states (on CPU the whole image is
+one window; `--tile`, per-tile statistics and CUDA use windows). `tile_stats="tile"` normalises each window by
 itself: one pass, feathered seams, approximate.
 """
 
@@ -45,6 +45,7 @@ from .tiling import (  # noqa: F401  (count_instance_norms ... torch_generator: 
     TilePlan,
     TorchProgram,
     _autocast,
+    _round_up,
     balanced_tile,
     count_instance_norms,
     covered_pixels,
@@ -65,7 +66,6 @@ RUNTIMES = ("torch", "onnx", "aoti", "tensorrt")  # inference runtimes (`export.
 IMAGE_BYTES_PER_PIXEL = 41  # host buffers per image pixel besides the model (input, output, blending; measured)
 ACTIVATION_BYTES_PER_CHANNEL = 18  # peak activation bytes per pixel per generator ngf channel, fp32 (measured)
 STATE_BYTES_PER_CHANNEL = 2  # exact tiling: kept quarter-resolution states (activation + ResBlock input), fp32
-STATE_TRANSIT = 1.5  # kept states while the next ones are built band by band (old rows are freed as bands pass)
 BAND_BYTES_MAX = 2**30  # exact tiling: taller bands than this only save a few percent of recomputed halo
 
 
@@ -271,10 +271,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE, minimum: int
 def padded_size(height: int, width: int, multiple: int = SIZE_MULTIPLE, minimum: int = MIN_SIZE) -> tuple[int, int]:
     """The size `pad_to_multiple` pads an HxW image to."""
     return max(_round_up(height, multiple), minimum), max(_round_up(width, multiple), minimum)
-
-
-def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
 
 
 # --- the deblurrer --------------------------------------------------------------------------------------

@@ -379,11 +379,6 @@ class ExactTiles:
         self.bands_run = 0
         self._scratch: torch.Tensor | None = None  # float64 buffer for the statistics
 
-    @property
-    def cache_at(self) -> int:
-        """The earliest step any window resumes from (0: some window starts from its input)."""
-        return min(self.pos)
-
     def run(self) -> list[torch.Tensor]:
         """Every window's output (1 x 3 x h x w, float32, CPU), in window order."""
         return list(self.outputs())
@@ -534,7 +529,6 @@ class ExactTiles:
     def _stats_of(self, k: int, stats: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, biased variance) of IN layer k's input over the image, from the pixels each window owns."""
         at = self.norm_at[k]
-        f = self.scale[at]
         rows, cols = self.plan.owned(self.plan.height), self.plan.owned(self.plan.width)
         nx = len(self.plan.starts(self.plan.width))
         count, mean, m2 = 0, None, None
@@ -545,7 +539,7 @@ class ExactTiles:
                 a0, a1 = max(r0, o0 - y0), min(r1, o1 - y0)
                 if a0 >= a1:
                     continue
-                ff = f if self.band_budget is not None else (r1 - r0) // act.shape[-2]
+                ff = (r1 - r0) // act.shape[-2]  # this layer's downsampling factor
                 part = act[0, :, (a0 - r0) // ff : (a1 - r0) // ff, (c0 - x0) // ff : (c1 - x0) // ff].float()
                 n_b = part.shape[1] * part.shape[2]
                 mean_b, m2_b = self._moments(part)

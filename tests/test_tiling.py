@@ -8,7 +8,7 @@ import torch
 import deblurgan.tiling as tiling
 from deblurgan import Generator, GeneratorConfig
 from deblurgan.inference import STATE_BYTES_PER_CHANNEL, Deblurrer, TorchRunner, pad_to_multiple
-from deblurgan.tiling import ExactTiles, TilePlan, TorchProgram, _Rows, covered_pixels, program_geometry, spoiled
+from deblurgan.tiling import ExactTiles, TilePlan, TorchProgram, _Rows, program_geometry, spoiled
 
 TOL = 1e-4  # float32 outputs in [-1, 1]: only summation order differs (up to ~1e-5 seen); a spoiled band: > 1e-2
 
@@ -153,7 +153,13 @@ def test_a_12mp_photo_runs_as_one_window_in_the_default_bound(monkeypatch):
     plan = d.plan(3000, 4000)
     assert plan is not None and len(plan.windows()) == 1
     states, band = d._exact_budgets(plan)
-    assert covered_pixels(plan) * STATE_BYTES_PER_CHANNEL * 64 * inf.STATE_TRANSIT <= states
+    x = torch.empty(1, 3, 3000, 4000)
+    cap = STATE_BYTES_PER_CHANNEL * 64  # as the Deblurrer: quarter-resolution states only
+    tiles = ExactTiles(d.runner.generator, d.runner, x, plan, states, state_cap=cap, band_budget=band)
+    a, b = tiles.norm_at[4], tiles.norm_at[5]  # across a ResBlock boundary: the largest old + new states
+    halo = spoiled(tiles.scale, tiles.reach, a, b)
+    frac = (max(r1 - r0 for r0, r1 in tiles._bands(0, a, b, halo)) + 2 * halo) / 3000
+    assert tiles._keep_step(0, a, b, frac) == b  # the quarter-resolution states are kept: each layer runs once
     assert states + band + inf.IMAGE_BYTES_PER_PIXEL * 12e6 + 400 * 2**20 <= inf.CPU_MEMORY_BUDGET
     big = d.plan(6000, 8000)  # 48 MP: the whole image's states do not fit (recomputed); windows would not help
     assert big is not None and len(big.windows()) == 1
